@@ -1,0 +1,1 @@
+"""The attention U-Net (SPEC section 6)."""
