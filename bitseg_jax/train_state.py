@@ -159,9 +159,9 @@ def ema_update(ema_params: dict, params: dict, rate: float) -> dict:
     return optax.incremental_update(params, ema_params, step_size=1.0 - rate)
 
 
-def param_norm(params: dict) -> jax.Array:
-    """Global L2 norm of a parameter tree (logged as `train/param_norm`)."""
-    return optax.tree.norm(params)
+def global_norm(tree) -> jax.Array:
+    """Global L2 norm of a tree (`train/param_norm`, `train/grad_norm`), float32 scalar."""
+    return optax.tree.norm(tree)
 
 
 def num_params(params: dict) -> int:

@@ -133,7 +133,7 @@ def test_create_train_state_with_stand_in_model(monkeypatch):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), state.params, state.ema_params)
     assert train_state.num_params(state.params) == 3 * 3 * 2 * 4 + 4
     np.testing.assert_allclose(
-        float(train_state.param_norm(state.params)),
+        float(train_state.global_norm(state.params)),
         math.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(state.params))),
         rtol=1e-6,
     )
