@@ -181,7 +181,7 @@ def test_assign_cells_greedy_tie_rule():
     np.testing.assert_array_equal(palette.assign_cells(q, 4), [5, 1, 9])
     # Without collisions every id keeps its home cell.
     np.testing.assert_array_equal(
-        palette.assign_cells(np.array([[0.4, 2.6], [3.0, 0.0]]), 4), [2, 12]
+        palette.assign_cells(np.array([[0.4, 2.6], [3.0, 0.0]]), 4), [3, 12]
     )
 
 
