@@ -307,9 +307,22 @@ def load_npz_params(path: str | pathlib.Path, like: Mapping) -> dict:
       ValueError: naming the first missing, extra or differently shaped parameter.
     """
     with epath.Path(path).open("rb") as f:
-        data = dict(np.load(f))
-    check_params_match(like, {k: v.shape for k, v in data.items()}, f"weights file {path}")
+        data = {k: np.asarray(v, np.float32) for k, v in np.load(f).items()}
+    return params_like(data, like, f"weights file {path}")
+
+
+def params_like(params: Mapping, like: Mapping, source: str) -> dict:
+    """Re-nests `params` (nested, or flat by "/"-joined path) in the exact tree of `like`.
+
+    Checkpoints and .npz files turn the U-Net's int keys (list positions) into strings; matching
+    leaves by path (never by position: '10' sorts before '2') restores the model's own tree, so
+    jit sees the same structure as for freshly initialised params.
+
+    Raises:
+      ValueError: naming the first missing, extra or differently shaped parameter of `source`.
+    """
+    flat = params if all(not isinstance(v, Mapping) for v in params.values()) else None
+    flat = flat if flat is not None else flatten_params(params)
+    check_params_match(like, {k: np.shape(v) for k, v in flat.items()}, source)
     paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-    return jax.tree_util.tree_unflatten(
-        treedef, [np.asarray(data[_path_str(p)], np.float32) for p, _ in paths]
-    )
+    return jax.tree_util.tree_unflatten(treedef, [flat[_path_str(p)] for p, _ in paths])
