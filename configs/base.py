@@ -7,6 +7,8 @@ Command (Cloud TPU or one GPU; EntitySeg prepared with TFDS, see README "Data"):
 Variants (`--config=configs/base.py:VARIANT`):
   tiny   test size: 32 px, 8 channels, 1 res block, a few steps on dead_leaves (CPU, seconds).
   small  the benchmark "small" model: 64 px, 32 channels, mult (1, 2, 3, 4), 7,274,374 params.
+  onehot SPEC 10 `onehot`: one-hot encoding (2**num_bits channels), final act none, LAP random.
+  unigs  SPEC 10 `unigs`: RGB colour-map encoding (UniGS), final act none, LAP random.
 
 Hardware and runtime: the paper trained 300k steps at batch 8 on one GPU. The expected result
 (SPEC section 11) is ARI 0.670 / IoU 0.432 on the EntitySeg validation split with 8 DDPM steps
@@ -131,7 +133,7 @@ def _apply_variant(config: ml_collections.ConfigDict, arg: str) -> None:
         config.model.num_res_blocks = 1
         config.model.num_middle_res_blocks = 2
         config.model.num_heads = 2
-        config.data.datasets = ("dead_leaves",)
+        config.data.datasets = ("dead_leaves/tiny",)  # 64 + 16 images of 32 px
         config.data.shuffle_buffer = 64
         config.optim.warmup_steps = 2
         config.optim.decay_steps = 2
@@ -143,5 +145,18 @@ def _apply_variant(config: ml_collections.ConfigDict, arg: str) -> None:
         config.model.image_size = 64
         config.model.num_channels = 32
         config.model.channel_multiplier = (1, 2, 3, 4)
+    elif arg == "onehot":
+        # SPEC 10 `onehot`: 2**num_bits one-hot channels, no final activation, LAP random.
+        config.model.encoding = "onehot"
+        config.model.final_activation = "none"
+        config.data.lap_mode = "random"
+    elif arg == "unigs":
+        # SPEC 10 `unigs`: the RGB colour map of UniGS (121 classes with LAP), no activation.
+        config.model.encoding = "rgb"
+        config.model.final_activation = "none"
+        config.data.lap_mode = "random"
     else:
-        raise ValueError(f"Unknown config variant {arg!r}; expected 'tiny' or 'small'.")
+        raise ValueError(f"Unknown config variant {arg!r}; expected one of {', '.join(VARIANTS)}.")
+
+
+VARIANTS = ("tiny", "small", "onehot", "unigs")
