@@ -12,6 +12,7 @@ the only Python loop is over segments (at most K) in the greedy collision fix.
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -131,29 +132,36 @@ def _check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
     return labels
 
 
-def _segments(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct ids >= 0 of `flat`, their pixel counts, and each pixel's dense index.
+class _Segments(NamedTuple):
+    """The segments of a flattened map. Pixel p lies in bin key[p]; bin 0 holds no segment."""
 
-    Args:
-        flat: int [P] ids >= -1.
+    ids: np.ndarray  # int [U] distinct ids >= 0, ascending.
+    counts: np.ndarray  # int [U] pixels per segment.
+    key: np.ndarray  # intp [P] bin of each pixel.
+    bins: np.ndarray  # intp [U] bin of each segment.
+    num_bins: int  # every key is < num_bins.
 
-    Returns:
-        (ids [U] ascending, counts [U], dense [P]) with dense = -1 where flat = -1.
-    """
+    def relabel(self, values: np.ndarray) -> np.ndarray:
+        """Per-pixel value [P] from a value per segment [U] (-1 outside segments)."""
+        lut = np.full(self.num_bins, -1, dtype=values.dtype)
+        lut[self.bins] = values
+        return lut[self.key]
+
+
+def _segments(flat: np.ndarray) -> _Segments:
+    """Segments of `flat` (int [P] ids >= -1), with one pass over pixels for typical ids."""
     top = int(flat.max()) if flat.size else -1
     if top < max(_MAX_TABLE_ID, 4 * flat.size):
-        # Shift by one so that -1 lands in bin 0 and is dropped with it.
-        shifted = flat.astype(np.intp) + 1
-        counts = np.bincount(shifted, minlength=top + 2)
-        present = np.flatnonzero(counts[1:])
-        lut = np.full(top + 2, -1, dtype=np.intp)
-        lut[present + 1] = np.arange(present.size)
-        return present, counts[present + 1], lut[shifted]
+        # Bins are the ids shifted by one, so -1 lands in bin 0: no compaction pass needed.
+        key = np.add(flat, 1, dtype=np.intp, casting="unsafe")
+        counts = np.bincount(key, minlength=top + 2)
+        bins = np.flatnonzero(counts[1:]) + 1
+        return _Segments(bins - 1, counts[bins], key, bins, top + 2)
     keep = flat >= 0
     ids, inverse, counts = np.unique(flat[keep], return_inverse=True, return_counts=True)
-    dense = np.full(flat.shape, -1, dtype=np.intp)
-    dense[keep] = inverse
-    return ids, counts, dense
+    key = np.zeros(flat.shape, dtype=np.intp)
+    key[keep] = inverse + 1
+    return _Segments(ids, counts, key, np.arange(1, ids.size + 1), ids.size + 1)
 
 
 def _merge_target(counts: np.ndarray, max_segments: int) -> np.ndarray:
@@ -185,11 +193,11 @@ def merge_excess(labels: np.ndarray, max_segments: int) -> np.ndarray:
     labels = _check_labels(labels)
     if max_segments < 1:
         raise ValueError(f"max_segments must be >= 1; got {max_segments}.")
-    ids, counts, dense = _segments(labels.reshape(-1))
-    if ids.size <= max_segments:
+    seg = _segments(labels.reshape(-1))
+    if seg.ids.size <= max_segments:
         return labels.copy()
-    new_ids = np.append(ids[_merge_target(counts, max_segments)], -1)
-    return new_ids[dense].astype(labels.dtype).reshape(labels.shape)
+    new_ids = seg.ids[_merge_target(seg.counts, max_segments)].astype(np.int64)
+    return seg.relabel(new_ids).astype(labels.dtype).reshape(labels.shape)
 
 
 @functools.lru_cache(maxsize=8)
@@ -202,28 +210,31 @@ def _pixel_coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, cols
 
 
-def _centroid_q(dense: np.ndarray, counts: np.ndarray, shape: tuple[int, int], side: int):
-    """Continuous grid coordinates q of each segment's centroid (SPEC 4.2 steps 1-2).
+def _coordinate_sums(seg: _Segments, shape: tuple[int, int]) -> np.ndarray:
+    """float64 [U, 2] sums of the row and column indices of each segment's pixels."""
+    rows, cols = _pixel_coords(*shape)
+    return np.stack(
+        [
+            np.bincount(seg.key, weights=rows, minlength=seg.num_bins)[seg.bins],
+            np.bincount(seg.key, weights=cols, minlength=seg.num_bins)[seg.bins],
+        ],
+        axis=1,
+    )
+
+
+def _grid_q(sums: np.ndarray, counts: np.ndarray, shape: tuple[int, int], side: int):
+    """Continuous grid coordinates q of segment centroids (SPEC 4.2 steps 1-2).
 
     Args:
-        dense: int [H*W] dense segment index per pixel (-1 = in no segment).
-        counts: int [U] pixels per segment.
+        sums: float [U, 2] row and column index sums of each segment's pixels.
+        counts: [U] pixels per segment.
         shape: (H, W) of the map; each axis uses its own size S.
         side: L, the grid side.
 
     Returns:
         float64 [U, 2] (row, col): q = ((centroid + 0.5) / S) * L - 0.5.
     """
-    rows, cols = _pixel_coords(*shape)
-    bins = dense + 1  # -1 goes to bin 0 and is dropped.
-    length = counts.size + 1
-    centroid = np.stack(
-        [
-            np.bincount(bins, weights=rows, minlength=length)[1:] / counts,
-            np.bincount(bins, weights=cols, minlength=length)[1:] / counts,
-        ],
-        axis=1,
-    )
+    centroid = sums / counts[:, None]
     rho = (centroid + 0.5) / np.asarray(shape, dtype=np.float64)
     return rho * side - 0.5
 
@@ -240,8 +251,8 @@ def grid_coordinates(labels: np.ndarray, side: int) -> tuple[np.ndarray, np.ndar
         integers 0..L-1).
     """
     labels = _check_labels(labels)
-    ids, counts, dense = _segments(labels.reshape(-1))
-    return ids, _centroid_q(dense, counts, labels.shape, side)
+    seg = _segments(labels.reshape(-1))
+    return seg.ids, _grid_q(_coordinate_sums(seg, labels.shape), seg.counts, labels.shape, side)
 
 
 def assign_cells(q: np.ndarray, side: int) -> np.ndarray:
@@ -257,7 +268,7 @@ def assign_cells(q: np.ndarray, side: int) -> np.ndarray:
     """
     home = np.clip(np.rint(q), 0, side - 1).astype(np.intp)  # rint: round half to even.
     flat_home = home[:, 0] * side + home[:, 1]
-    if np.unique(flat_home).size == flat_home.size:
+    if flat_home.size == 0 or np.bincount(flat_home).max() == 1:
         return flat_home
     # Any collision: redo every id greedily in ascending id order. Squared distances from each
     # segment's unrounded q to every cell centre; argmin's first minimum is the smallest flat
@@ -336,23 +347,18 @@ def assign(
     else:
         grid = _cached_grid(mode, int(num_bits), int(seed), num_classes)
         k = grid.size
-    ids, counts, dense = _segments(labels.reshape(-1))
-    target = _merge_target(counts, k)
-    kept = np.unique(target)  # dense indices of the kept segments, ascending id order.
+    seg = _segments(labels.reshape(-1))
+    target = _merge_target(seg.counts, k)
+    kept = np.flatnonzero(np.bincount(target, minlength=target.size))  # ascending id order.
     if grid is None:
         classes = relabel_random(kept.size, k, rng, shuffle_zero)
     else:
-        if kept.size == ids.size:  # nothing merged (the common case): skip a pixel pass.
-            merged, kept_counts = dense, counts
-        else:  # centroids of the merged segments: re-index pixels to kept segments.
-            kept_counts = np.bincount(target, weights=counts, minlength=ids.size)[kept]
-            to_kept = np.full(ids.size, -1, dtype=np.intp)
-            to_kept[kept] = np.arange(kept.size)
-            merged = np.append(to_kept[target], -1)[dense]
-        q = _centroid_q(merged, kept_counts, labels.shape, grid.shape[0])
+        sums, counts = _coordinate_sums(seg, labels.shape), seg.counts
+        if kept.size < seg.ids.size:  # merged segments: add up their sums and counts.
+            sums = np.stack([np.bincount(target, weights=w) for w in sums.T], axis=1)[kept]
+            counts = np.bincount(target, weights=counts)[kept]
+        q = _grid_q(sums, counts, labels.shape, grid.shape[0])
         classes = grid.reshape(-1)[assign_cells(q, grid.shape[0])]
-    # Lookup: dense segment -> class of the segment it merged into; -1 (index -1) -> -1.
-    class_of_kept = np.zeros(ids.size, dtype=np.int32)
+    class_of_kept = np.zeros(seg.ids.size, dtype=np.int32)
     class_of_kept[kept] = classes
-    lut = np.append(class_of_kept[target], np.int32(-1))
-    return lut[dense].reshape(labels.shape)
+    return seg.relabel(class_of_kept[target]).reshape(labels.shape)
