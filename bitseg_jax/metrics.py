@@ -28,7 +28,8 @@ MAX_SEGMENTS = 1024
 # Labels in [-1, _DIRECT_LABELS) are used as table indices without compaction.
 _DIRECT_LABELS = 128
 
-# Above this label range compaction falls back from a presence table per map to np.unique.
+# Label ranges up to max(this, pixels per map) are compacted with a presence table per map;
+# wider ones with np.unique per map.
 _MAX_TABLE_ID = 4096
 
 
@@ -94,7 +95,7 @@ def _dense_labels(labels: np.ndarray, mask: np.ndarray, name: str) -> tuple[np.n
     lo = int(labels[mask].min())
     hi = int(labels[mask].max())
     span = hi - lo + 1
-    if span <= _MAX_TABLE_ID:
+    if span <= max(_MAX_TABLE_ID, p):
         # Presence per (map, label) with one bincount; uncounted pixels go to an extra column
         # `span` of their map. The rank of a label among its map's present labels is its index.
         shifted = np.where(mask, labels.astype(np.int64, copy=False) - lo, span)
