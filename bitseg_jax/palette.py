@@ -266,6 +266,8 @@ def assign_cells(q: np.ndarray, side: int) -> np.ndarray:
     Returns:
         int [U] row-major flat cell index (row * L + col), all distinct.
     """
+    if len(q) > side * side:
+        raise ValueError(f"q holds {len(q)} segments but the grid has only {side * side} cells.")
     home = np.clip(np.rint(q), 0, side - 1).astype(np.intp)  # rint: round half to even.
     flat_home = home[:, 0] * side + home[:, 1]
     if flat_home.size == 0 or np.bincount(flat_home).max() == 1:

@@ -185,6 +185,11 @@ def test_assign_cells_greedy_tie_rule():
     )
 
 
+def test_assign_cells_rejects_more_segments_than_cells():
+    with pytest.raises(ValueError, match="4 cells"):
+        palette.assign_cells(np.zeros((5, 2)), 2)
+
+
 def test_centroids_use_each_axis_size():
     # H != W: a 64 x 128 map; rows scale by 64, columns by 128.
     labels = np.zeros((64, 128), dtype=np.int32)
