@@ -10,7 +10,8 @@ Measures, in one process:
     the right 43 columns are padding outside `valid`), plus the same maps with sparse 8-bit ids
     (the host compaction path) and with ids up to 64,000 (np.unique per map). Target: >= 1,000
     images/s for the first.
-Every figure is the median over `--repeats` timed runs after one warm-up run (the jit compile).
+Every figure is the median over `--repeats` timed runs after one warm-up run (the jit compile),
+as wall-clock throughput and as throughput per CPU-second of this process (all its threads).
 
 Command (from the repo root; the glibc settings keep malloc from returning memory between runs):
 
@@ -43,15 +44,20 @@ def voronoi_maps(rng: np.random.Generator, count: int, num_segments: int) -> np.
     return np.stack(maps)
 
 
-def time_median(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` runs after one warm-up run."""
+def time_median(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and process-CPU seconds of `fn()` over `repeats` runs after one warm-up.
+
+    On a shared machine the wall time includes waiting for a core; the CPU time (all threads of
+    this process) does not, so it is the better estimate of the uncontended cost.
+    """
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def bench_palette(repeats: int) -> None:
@@ -74,8 +80,11 @@ def bench_palette(repeats: int) -> None:
             for m in maps:
                 palette.assign(m, mode=mode, num_bits=6, rng=relabel_rng)
 
-        seconds = time_median(run, repeats)
-        print(f"palette.assign  {name:38s} {len(maps) / seconds:8.0f} maps/s")
+        wall, cpu = time_median(run, repeats)
+        print(
+            f"palette.assign {name:37s} {len(maps) / wall:7.0f} maps/s wall, "
+            f"{len(maps) / cpu:7.0f} maps/CPU-s"
+        )
 
 
 def bench_metrics(repeats: int, num_images: int, num_samples: int) -> None:
@@ -91,10 +100,11 @@ def bench_metrics(repeats: int, num_images: int, num_samples: int) -> None:
         ("ids < 64,000 (np.unique per map)", gt * 1000, pred * 997 + 5),
     ]
     for name, g, p in cases:
-        seconds = time_median(lambda g=g, p=p: metrics.segmentation_metrics(g, p, valid), repeats)
+        wall, cpu = time_median(lambda g=g, p=p: metrics.segmentation_metrics(g, p, valid), repeats)
         print(
             f"segmentation_metrics {num_images}x{num_samples}, {name:32s} "
-            f"{num_images / seconds:8.0f} images/s ({num_images * num_samples / seconds:.0f} pairs/s)"
+            f"{num_images / wall:7.0f} images/s wall ({num_images * num_samples / wall:.0f} "
+            f"pairs/s), {num_images / cpu:7.0f} images/CPU-s"
         )
 
 
