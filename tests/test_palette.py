@@ -202,15 +202,15 @@ def test_centroids_use_each_axis_size():
     )
 
 
-@hypothesis.settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("which", SUPPORTED, ids=str)
+@hypothesis.settings(max_examples=10, deadline=None)
 @hypothesis.given(
     seed=st.integers(0, 2**31),
-    which=st.sampled_from(SUPPORTED),
     num_ids=st.integers(1, 80),
     blocky=st.booleans(),
     shape=st.tuples(st.integers(1, 24), st.integers(1, 24)),
 )
-def test_assign_is_injective_function_of_merged_segments(seed, which, num_ids, blocky, shape):
+def test_assign_is_injective_function_of_merged_segments(which, seed, num_ids, blocky, shape):
     mode, num_bits, num_classes = which
     rng = np.random.default_rng(seed)
     labels = _random_map(rng, shape, num_ids, blocky) * 3 + 2  # sparse ids; -1 stays -1.
