@@ -25,6 +25,9 @@ import scipy.optimize
 # (4 MiB at 1024); 1024 covers 10-bit analog bits and the RGB decoder's at most 2**10 classes.
 MAX_SEGMENTS = 1024
 
+# Most table cells built in one jitted call (int32 cell indices; 256 MiB of int32 counts).
+_MAX_TABLE_CELLS = 1 << 26
+
 # Labels in [-1, _DIRECT_LABELS) are used as table indices without compaction.
 _DIRECT_LABELS = 128
 
@@ -288,14 +291,24 @@ def segmentation_metrics(gt, pred, valid, *, reference_b2: bool = False) -> dict
         raise ValueError(f"No pixel counts (valid and gt >= 0) in image(s) {empty.tolist()}.")
     gt_dense, num_gt = _dense_labels(gt.reshape(n, h * w), mask, "gt")
     pred_dense, num_pred = _dense_labels(pred.reshape(n, s, h * w), mask[:, None], "pred")
-    tables = _contingency_tables(
-        gt_dense,
-        pred_dense,
-        mask,
-        num_gt=_bucket(num_gt),
-        num_pred=_bucket(num_pred),
-    )
-    tables = np.asarray(tables)  # [N, S, Kg, Kp], on host for the matching anyway.
+    num_gt, num_pred = _bucket(num_gt), _bucket(num_pred)
+    # Images per call, so that one call's tables stay below _MAX_TABLE_CELLS (int32 indices,
+    # bounded memory); the usual 64 images x 3 samples x 64 x 64 cells is a single call.
+    chunk = max(1, _MAX_TABLE_CELLS // (s * num_gt * num_pred))
+    tables = np.concatenate(
+        [
+            np.asarray(  # on host for the matching anyway.
+                _contingency_tables(
+                    gt_dense[i : i + chunk],
+                    pred_dense[i : i + chunk],
+                    mask[i : i + chunk],
+                    num_gt=num_gt,
+                    num_pred=num_pred,
+                )
+            )
+            for i in range(0, n, chunk)
+        ]
+    )  # [N, S, Kg, Kp]
     hiou = np.array(
         [_hungarian_from_table(t, reference_b2) for t in tables.reshape(n * s, *tables.shape[2:])]
     ).reshape(n, s, 2)

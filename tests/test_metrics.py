@@ -223,6 +223,18 @@ def test_segmentation_metrics_accepts_jax_arrays_and_large_ids():
             np.testing.assert_allclose(big[name], out[name], rtol=0, atol=1e-12)
 
 
+def test_segmentation_metrics_chunks_big_batches(monkeypatch):
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, 20, (5, 6, 6))
+    pred = rng.integers(0, 20, (5, 2, 6, 6))
+    valid = np.ones((5, 6, 6), bool)
+    whole = metrics.segmentation_metrics(gt, pred, valid)
+    monkeypatch.setattr(metrics, "_MAX_TABLE_CELLS", 2 * 32 * 32)  # one image (2 x 32 x 32) a call.
+    chunked = metrics.segmentation_metrics(gt, pred, valid)
+    for name in ("ari", "hiou_e", "hiou"):
+        np.testing.assert_array_equal(chunked[name], whole[name])
+
+
 def test_segmentation_metrics_bad_input():
     gt = np.zeros((2, 4, 4), np.int32)
     pred = np.zeros((2, 3, 4, 4), np.int32)
