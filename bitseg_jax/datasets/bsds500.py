@@ -88,16 +88,21 @@ class Bsds500(tfds.core.GeneratorBasedBuilder):
             data = manual_dir / root / "data"
             present = [s for s in SPLITS if (data / "images" / s).is_dir()]
             if present:
-                return {SPLITS[s]: self._generate_examples(data, s) for s in present}
+                # Only the .jpg files: the archive also carries Thumbs.db files.
+                splits = {
+                    SPLITS[s]: [(p, s) for p in sorted((data / "images" / s).glob("*.jpg"))]
+                    for s in present
+                }
+                splits = common.drop_empty_splits(self.name, splits, str(data / "images"))
+                return {s: self._generate_examples(data, items) for s, items in splits.items()}
         looked = ", ".join(str(manual_dir / r / "data" / "images" / "<split>") for r in ROOTS)
         raise FileNotFoundError(
             f"bsds500: no split folder found; looked for {looked} with <split> in "
             f"{sorted(SPLITS)}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}"
         )
 
-    def _generate_examples(self, data: pathlib.Path, split: str):
-        # Only the .jpg files: the archive also carries Thumbs.db files.
-        for image_path in sorted((data / "images" / split).glob("*.jpg")):
+    def _generate_examples(self, data: pathlib.Path, items: list[tuple[pathlib.Path, str]]):
+        for image_path, split in items:
             mat_path = data / "groundTruth" / split / f"{image_path.stem}.mat"
             if not mat_path.is_file():
                 raise FileNotFoundError(f"bsds500: {image_path} has no annotation {mat_path}.")

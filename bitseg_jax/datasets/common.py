@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from PIL import Image
 
 MAX_ID = int(np.iinfo(np.uint16).max)  # 65,535: the largest id a uint16 map can hold.
@@ -47,6 +48,28 @@ def hash_split(key: str) -> str:
     """Returns "validation" if sha1(key) mod 10 == 0, else "train" (fixed, order-free)."""
     digest = int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16)
     return "validation" if digest % VALIDATION_MODULUS == 0 else "train"
+
+
+def drop_empty_splits(name: str, splits: dict[str, list], source: str) -> dict[str, list]:
+    """Drops splits without examples (TFDS cannot write an empty split), logging each one.
+
+    Args:
+        name: the builder name, for messages.
+        splits: split name -> its items.
+        source: the folder read, named in the error.
+
+    Returns:
+        `splits` without the empty ones.
+
+    Raises:
+        FileNotFoundError: every split is empty.
+    """
+    kept = {split: items for split, items in splits.items() if items}
+    if not kept:
+        raise FileNotFoundError(f"{name}: no examples found in {source}.")
+    for split in sorted(set(splits) - set(kept)):
+        logging.warning("%s: split %r has no examples in %s; it is left out.", name, split, source)
+    return kept
 
 
 def _open(path: os.PathLike | str) -> Image.Image:

@@ -27,6 +27,7 @@ from bitseg_jax.datasets import common
 
 # Candidate folders holding `<id>/images` and `<id>/masks`, relative to the manual dir.
 ROOTS = ("stage1_train", "dsb2018/stage1_train")
+SPLITS = ("train", "validation")
 
 _CITATION = """\
 @article{caicedo2019nucleus,
@@ -98,12 +99,9 @@ class Dsb2018(tfds.core.GeneratorBasedBuilder):
         for root in ROOTS:
             if (manual_dir / root).is_dir():
                 ids = sorted(p.name for p in (manual_dir / root).iterdir() if p.is_dir())
-                return {
-                    split: self._generate_examples(
-                        manual_dir / root, [i for i in ids if common.hash_split(i) == split]
-                    )
-                    for split in ("train", "validation")
-                }
+                splits = {s: [i for i in ids if common.hash_split(i) == s] for s in SPLITS}
+                splits = common.drop_empty_splits(self.name, splits, str(manual_dir / root))
+                return {s: self._generate_examples(manual_dir / root, i) for s, i in splits.items()}
         looked = " or ".join(str(manual_dir / r) for r in ROOTS)
         raise FileNotFoundError(f"dsb2018: no {looked}.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}")
 

@@ -18,7 +18,7 @@ target_val = round(0.1 |all|), target_test = max(target_val, |native_val|), one
 `random.Random(0)`; test = native_val plus `rng.sample(sorted(train_pool - native_val),
 target_test - |native_val|)`, validation = `rng.sample(sorted(train_pool - test), target_val)`,
 train = the rest. A JSON entry whose image file is missing is skipped with a logged warning naming
-the file, and the number skipped is logged when the split is done. An image whose pixel size
+the file, and each split's number of skipped entries is logged before it is written. An image whose pixel size
 differs from its JSON entry is an error.
 
 pycocotools is imported inside the builder (extras "entityseg": `pip install -e .[entityseg]`).
@@ -183,22 +183,36 @@ class Entityseg(tfds.core.GeneratorBasedBuilder):
                 both[0],
             )
         records = {**train, **val}
-        names = split_file_names(list(train), list(val))
-        return {
-            split: self._generate_examples(root_dir, split, [(n, records[n]) for n in split_names])
-            for split, split_names in names.items()
-        }
+        splits = {}
+        for split, split_names in split_file_names(list(train), list(val)).items():
+            # Missing image files are found here, before writing, so that the count is exact
+            # and a split left empty is dropped rather than failing inside TFDS.
+            present = []
+            for name in split_names:
+                if (root_dir / name).is_file():
+                    present.append((name, records[name]))
+                else:
+                    logging.warning(
+                        "entityseg %s: skipping %s: image file %s not found.",
+                        split,
+                        name,
+                        root_dir / name,
+                    )
+            logging.log(
+                logging.WARNING if len(present) < len(split_names) else logging.INFO,
+                "entityseg %s: %d of %d images found, %d skipped (image file missing).",
+                split,
+                len(present),
+                len(split_names),
+                len(split_names) - len(present),
+            )
+            splits[split] = present
+        splits = common.drop_empty_splits(self.name, splits, str(root_dir))
+        return {split: self._generate_examples(root_dir, items) for split, items in splits.items()}
 
-    def _generate_examples(self, root: pathlib.Path, split: str, records: list):
-        missing = 0
+    def _generate_examples(self, root: pathlib.Path, records: list):
         for file_name, (entry, segmentations) in records:
             image_path = root / file_name
-            if not image_path.is_file():
-                logging.warning(
-                    "entityseg: skipping %s: image file %s not found.", file_name, image_path
-                )
-                missing += 1
-                continue
             encoded, image_hw = common.image_feature(image_path)
             json_hw = (int(entry["height"]), int(entry["width"]))
             if image_hw != json_hw:
@@ -209,12 +223,3 @@ class Entityseg(tfds.core.GeneratorBasedBuilder):
             labels = rasterise(*json_hw, segmentations, file_name)
             stem = pathlib.PurePosixPath(file_name).stem
             yield file_name, common.example(encoded, labels[None], stem)
-        logging.info(
-            "entityseg %s: %d of %d images written, %d skipped (image file missing).",
-            split,
-            len(records) - missing,
-            len(records),
-            missing,
-        )
-        if missing:
-            logging.warning("entityseg %s: skipped %d images with missing files.", split, missing)

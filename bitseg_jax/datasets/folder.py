@@ -110,6 +110,7 @@ class Folder(tfds.core.GeneratorBasedBuilder):
         else:
             splits["train"] = [t for t in top if common.hash_split(t[0]) == "train"]
             splits["validation"] = [t for t in top if common.hash_split(t[0]) == "validation"]
+        splits = common.drop_empty_splits(self.name, splits, str(root))
         return {split: self._generate_examples(pairs) for split, pairs in splits.items()}
 
     def _generate_examples(self, pairs: list[tuple[str, pathlib.Path, pathlib.Path]]):
