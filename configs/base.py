@@ -109,6 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     e.batch_size = 8
     e.num_images = 64  # images per periodic evaluation (`64x3`).
     e.num_samples = 3  # samples per image (votes).
+    e.max_images = 0  # cap on the images of every `run_eval` setup (0 = the setup's own).
     e.best_metric = "max_ari"  # metric of the first periodic eval split that picks "best".
 
     if arg:
