@@ -539,7 +539,7 @@ def get_setup(name: str) -> EvalSetup:
 def _evaluators(config, setup: EvalSetup, use_ema: bool) -> list[tuple[object, Evaluator]]:
     """One (sweep value or None, Evaluator) per run of `setup`, with `config.eval.max_images`."""
     num_images = setup.num_images
-    cap = config.eval.get("max_images", 0) or 0
+    cap = config.eval.max_images
     if cap:
         num_images = cap if num_images is None else min(num_images, cap)
     kwargs = {
@@ -571,8 +571,8 @@ def run_eval(
     Writes (process 0 only) `<workdir>/eval/<setup>.json` with the setup's settings and
     metrics (sweeps: `"results"`, one entry per swept value), and for sweeps also
     `<setup>.csv` and `<setup>.png` (paper Figs. 4, 5 or 6). Single runs also write
-    `<setup>_samples.png` (the Evaluator's image grid). `config.eval.max_images` (when the
-    config has it and it is > 0) caps the images of every run, to shrink a setup.
+    `<setup>_samples.png` (the Evaluator's image grid). `config.eval.max_images` > 0 caps the
+    images of every run, to shrink a setup.
 
     Args:
       config: the run's config.
@@ -589,6 +589,13 @@ def run_eval(
     runs = _evaluators(config, spec, use_ema)
     params, ckpt_step = checkpointing.restore_params(
         workdir, which=which, step=step, use_ema=use_ema
+    )
+    # Checkpoints store the U-Net's int keys as strings: back to the model's own tree (and a
+    # clear error naming the parameter if the checkpoint does not fit `config.model`).
+    params = checkpointing.params_like(
+        params,
+        models.abstract_params(config.model),
+        f"the {which} checkpoint (step {ckpt_step}) of workdir {workdir}",
     )
     logging.info("Eval setup %s on %s checkpoint %d of %s.", setup, which, ckpt_step, workdir)
     record = {"setup": setup, "step": int(ckpt_step), "which": which, "use_ema": use_ema}

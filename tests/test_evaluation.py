@@ -144,10 +144,22 @@ def test_multi_annotator_scores_and_ged(monkeypatch, perfect):
         assert 0.0 < results[key] <= 1.0
 
 
-def test_tiny_model_all_keys_in_range_and_reproducible(monkeypatch):
-    _, stream = _stream(num_images=8)
-    monkeypatch.setattr(evaluation.input_pipeline, "create_eval_iterator", stream)
-    config = _tiny_config()
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """A TFDS data dir with dead_leaves/tiny (the `tiny` config's data) prepared locally."""
+    import tensorflow_datasets as tfds
+
+    import bitseg_jax.datasets.dead_leaves  # noqa: F401  (registers the builder)
+
+    path = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("dead_leaves/tiny", data_dir=path).download_and_prepare()
+    return path
+
+
+def test_tiny_model_on_real_pipeline_all_keys_in_range_and_reproducible(data_dir):
+    config = _tiny_config(max_images=0)
+    with config.unlocked():
+        config.data.data_dir = data_dir
     params = _random_tiny_params(config)
     ev = evaluation.Evaluator(config, split="validation", num_images=8, num_samples=2, seed=3)
     first = ev.run(params)
@@ -220,9 +232,12 @@ def test_run_eval_writes_json_csv_and_plots(monkeypatch, perfect, tmp_path):
     monkeypatch.setattr(evaluation.input_pipeline, "create_eval_iterator", stream)
     restored = []
 
+    config = _tiny_config(max_images=4)
+    params = _random_tiny_params(config)
+
     def fake_restore(workdir, *, which="latest", step=None, use_ema=False):
         restored.append((str(workdir), which, step, use_ema))
-        return {}, 7
+        return params, 7
 
     monkeypatch.setattr(evaluation.checkpointing, "restore_params", fake_restore)
     # Shrink the sweeps (values) and, via config.eval.max_images, the images of every run.
@@ -240,7 +255,6 @@ def test_run_eval_writes_json_csv_and_plots(monkeypatch, perfect, tmp_path):
         "bestofn",
         evaluation.dataclasses.replace(bestofn, num_samples=3, sweep=("guidance_weight", (0.0,))),
     )
-    config = _tiny_config(max_images=4)
 
     single = evaluation.run_eval(config, tmp_path, setup="64x3[vali]")
     assert restored[-1] == (str(tmp_path), "latest", None, False)
