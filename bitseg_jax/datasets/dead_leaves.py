@@ -72,6 +72,7 @@ _MAX_TEXTURE_SIDE = 768  # larger photographs are halved until they fit (speed, 
 _MIN_LEVEL_SIDE = 64  # the texture pyramid stops before a level this small.
 _MAX_SCALE = 3.0  # texture pixels per canvas pixel, at most (zoom out).
 _MIN_SCALE = 0.5  # ... and at least (zoom in x2).
+_BLOB_ANGLES = 720  # angular resolution of a blob's tabulated boundary (0.5 degrees).
 
 
 @dataclasses.dataclass(eq=False)
@@ -170,16 +171,21 @@ def _shape_pixels(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
     x0, x1 = _box(cx, extent, size)
     if y0 >= y1 or x0 >= x1:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    dy = np.arange(y0, y1)[:, None] + 0.5 - cy  # pixel centres relative to the shape centre
-    dx = np.arange(x0, x1)[None, :] + 0.5 - cx
+    # Pixel centres relative to the shape centre (float32: half the memory traffic).
+    dy = (np.arange(y0, y1, dtype=np.float32) + np.float32(0.5 - cy))[:, None]
+    dx = (np.arange(x0, x1, dtype=np.float32) + np.float32(0.5 - cx))[None, :]
     if kind == 1:
         theta = rng.uniform(0.0, np.pi)
         cos, sin = np.cos(theta), np.sin(theta)
         mask = ((dx * cos + dy * sin) / a) ** 2 + ((dy * cos - dx * sin) / b) ** 2 <= 1.0
     else:
-        angle = np.arctan2(dy, dx)[..., None]
-        boundary = r * (1.0 + (coef * np.cos(np.arange(2, 6) * angle + phase)).sum(-1))
-        mask = dy**2 + dx**2 <= boundary**2
+        # The squared boundary radius is tabulated at _BLOB_ANGLES angles and looked up per
+        # pixel: one arctan2 per pixel instead of four cosines.
+        table = np.linspace(-np.pi, np.pi, _BLOB_ANGLES, endpoint=False) + np.pi / _BLOB_ANGLES
+        table = r * (1.0 + coef @ np.cos(np.arange(2, 6)[:, None] * table + phase[:, None]))
+        bins = (np.arctan2(dy, dx) + np.float32(np.pi)) * np.float32(_BLOB_ANGLES / (2 * np.pi))
+        bins = np.minimum(bins.astype(np.int32), _BLOB_ANGLES - 1)
+        mask = dy**2 + dx**2 <= (table**2).astype(np.float32)[bins]
     rows, cols = np.nonzero(mask)
     return rows + y0, cols + x0
 
