@@ -743,20 +743,7 @@ def _step_table(cfg: DiffusionConfig, num_steps: int, sampler: str, var_type: st
     }
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "cfg",
-        "num_channels",
-        "num_steps",
-        "guidance_weight",
-        "sampler",
-        "var_type",
-        "clip_denoised",
-        "return_trajectory",
-    ),
-)
-def _sample_jit(
+def _sample_impl(
     denoise_fn,
     rng,
     image,
@@ -821,6 +808,19 @@ def _sample_jit(
         traj["t"] = table["t"]
         return x_final, traj
     return x_final
+
+
+_SAMPLE_STATIC = (
+    "cfg",
+    "num_channels",
+    "num_steps",
+    "guidance_weight",
+    "sampler",
+    "var_type",
+    "clip_denoised",
+    "return_trajectory",
+)
+_sample_jit = jax.jit(_sample_impl, static_argnames=_SAMPLE_STATIC)
 
 
 def sample(
@@ -898,9 +898,16 @@ def sample(
         _check_shape("noise_init", noise_init, shape)
     if step_noise is not None:
         _check_shape("step_noise", step_noise, (num_steps,) + shape)
+    image, valid = jnp.asarray(image), jnp.asarray(valid)
+    noise_init = None if noise_init is None else jnp.asarray(noise_init, jnp.float32)
+    step_noise = None if step_noise is None else jnp.asarray(step_noise, jnp.float32)
     if not isinstance(denoise_fn, jax.tree_util.Partial):
         denoise_fn = jax.tree_util.Partial(denoise_fn)
-    return _sample_jit(
+    # Inside the caller's jit/export, trace the loop in place: a nested jit would gain nothing and
+    # would keep every traced closure alive in its cache. (Under an active trace even the
+    # jnp.asarray above returns a Tracer, so this detects any enclosing transformation.)
+    tracing = any(isinstance(a, jax.core.Tracer) for a in (rng, image, valid, noise_init))
+    return (_sample_impl if tracing else _sample_jit)(
         denoise_fn,
         rng,
         image,

@@ -618,3 +618,23 @@ def test_sample_bad_inputs():
         diffusion.sample(fn, rng, image, valid, cfg, num_channels=C, sampler="dpm")
     with pytest.raises(ValueError, match="image"):
         diffusion.sample(fn, rng, image[..., :2], valid, cfg, num_channels=C)
+
+
+def test_sample_inside_an_outer_jit():
+    # The evaluator's pattern: params traced by the caller's jit, denoise_fn a closure over them.
+    _, image, valid, noise = _setup()
+    cfg = diffusion.DiffusionConfig()
+
+    def apply_fn(scale, x_t, t, img):
+        return jnp.tanh(scale * x_t + img)
+
+    @jax.jit
+    def run(scale, rng):
+        fn = lambda x_t, t, img: apply_fn(scale, x_t, t, img)
+        return diffusion.sample(fn, rng, image, valid, cfg, num_channels=C, num_steps=4, **noise)
+
+    direct = diffusion.sample(
+        jax.tree_util.Partial(apply_fn, jnp.float32(0.7)), jax.random.key(0), image, valid, cfg,
+        num_channels=C, num_steps=4, **noise,
+    )  # fmt: skip
+    np.testing.assert_allclose(run(jnp.float32(0.7), jax.random.key(0)), direct, atol=1e-6)
