@@ -268,19 +268,19 @@ def decode_rgb(
     next id; both count one more split). Pixels outside `valid` get -1.
 
     Args:
-      x: float [H, W, 3] or [B, H, W, 3].
-      valid: bool [H, W] / [B, H, W], or None for all valid.
+      x: float [..., H, W, 3]; each leading index is decoded as a separate image.
+      valid: bool [..., H, W], or None for all valid.
       seed: seed of the 2-means initialisation (the reference's k-means is unseeded).
       min_pixels, max_splits, min_spread, max_iterations: the SPEC 3.4 constants.
 
     Returns:
-      int32 [H, W] / [B, H, W].
+      int32 [..., H, W].
     """
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"x must have a floating dtype, got {x.dtype}.")
-    if x.ndim not in (3, 4) or x.shape[-1] != 3:
-        raise ValueError(f"x must be [H, W, 3] or [B, H, W, 3], got shape {x.shape}.")
+    if x.ndim < 3 or x.shape[-1] != 3:
+        raise ValueError(f"x must be [..., H, W, 3], got shape {x.shape}.")
     if np.isnan(x).any():
         raise ValueError("x contains NaN.")
     if valid is None:
@@ -290,21 +290,17 @@ def decode_rgb(
         raise ValueError(
             f"valid must be bool with shape {x.shape[:-1]}, got {valid.dtype} {valid.shape}."
         )
-    if x.ndim == 4:
-        return np.stack(
-            [
-                decode_rgb(
-                    xi,
-                    vi,
-                    seed=seed,
-                    min_pixels=min_pixels,
-                    max_splits=max_splits,
-                    min_spread=min_spread,
-                    max_iterations=max_iterations,
-                )
-                for xi, vi in zip(x, valid, strict=True)
-            ]
-        )
+    if x.ndim > 3:  # every leading index is its own image
+        flat_x, flat_valid = x.reshape((-1,) + x.shape[-3:]), valid.reshape((-1,) + x.shape[-3:-1])
+        kwargs = {
+            "seed": seed,
+            "min_pixels": min_pixels,
+            "max_splits": max_splits,
+            "min_spread": min_spread,
+            "max_iterations": max_iterations,
+        }
+        out = [decode_rgb(xi, vi, **kwargs) for xi, vi in zip(flat_x, flat_valid, strict=True)]
+        return np.stack(out).reshape(x.shape[:-1])
     rng = np.random.default_rng(seed)
     colours = (x[valid].astype(np.float64) + 1.0) * 127.5  # [N, 3]
     classes = np.zeros(len(colours), np.int64)
@@ -384,7 +380,7 @@ def decode(
     """Decodes [..., C] into labels [...] (SPEC 3.1, 3.3, 3.4); -1 outside `valid` when given.
 
     Analog bits and one-hot decode with jnp (jit-safe); RGB runs the PDM on host (NumPy, needs
-    concrete [H, W, 3] or [B, H, W, 3] input).
+    concrete [..., H, W, 3] input).
 
     Args:
       x: float [..., num_channels(encoding, num_bits)].

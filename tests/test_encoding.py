@@ -140,9 +140,13 @@ def test_rgb_pdm_recovers_colour_regions():
     np.testing.assert_array_equal(pred[~valid], -1)
     pairs = set(zip(gt[valid].tolist(), pred[valid].tolist(), strict=True))
     assert len(pairs) == 4 and len({p for _, p in pairs}) == 4  # a bijection of regions
-    # Batched input and the dispatcher give the same.
-    batched = encoding.decode(x[None], encoding="rgb", num_bits=6, valid=valid[None])
-    np.testing.assert_array_equal(batched[0], pred)
+    # Leading axes (e.g. [batch, samples]) and the dispatcher give the same per image.
+    x2 = np.stack([x, x[::-1]])[None]  # [1, 2, H, W, 3]
+    valid2 = np.stack([valid, valid[::-1]])[None]
+    batched = encoding.decode(x2, encoding="rgb", num_bits=6, valid=valid2)
+    assert batched.shape == (1, 2, 24, 24)
+    np.testing.assert_array_equal(batched[0, 0], pred)
+    np.testing.assert_array_equal(batched[0, 1], encoding.decode_rgb(x[::-1], valid[::-1]))
 
 
 # --------------------------------------------------------------------------------------------
