@@ -279,6 +279,22 @@ def test_bsds500_missing_or_wrong_manual_dir_says_what_to_put_where(tmp_path):
         _prepare(tmp_path, "bsds500", tmp_path / "other")
 
 
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("bsds500", "bsds500: no split folder"),
+        ("dsb2018", "dsb2018: no .*stage1_train"),
+        ("entityseg", "entityseg: entityseg_train_lr.json and entityseg_val_lr.json not found"),
+        ("folder", "folder: expected .*images"),
+    ],
+)
+def test_manual_dir_without_the_data_set_names_it(tmp_path, name, match):
+    manual = tmp_path / "manual"
+    (manual / "something_else").mkdir(parents=True)  # a shared manual dir, without this data
+    with pytest.raises(FileNotFoundError, match=match):
+        _prepare(tmp_path, name, manual)
+
+
 # --- dsb2018 -------------------------------------------------------------------------------
 
 

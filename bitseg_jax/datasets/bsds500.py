@@ -102,8 +102,8 @@ class Bsds500(tfds.core.GeneratorBasedBuilder):
         )
 
     def _generate_examples(self, data: pathlib.Path, items: list[tuple[pathlib.Path, str]]):
-        for image_path, split in items:
-            mat_path = data / "groundTruth" / split / f"{image_path.stem}.mat"
+        for image_path, folder_name in items:  # folder_name: train | val | test
+            mat_path = data / "groundTruth" / folder_name / f"{image_path.stem}.mat"
             if not mat_path.is_file():
                 raise FileNotFoundError(f"bsds500: {image_path} has no annotation {mat_path}.")
             encoded, image_hw = common.image_feature(image_path)
