@@ -82,7 +82,8 @@ def gamma_linear_simple(t: Array) -> tuple[Array, Array]:
     return 1.0 - t, t
 
 
-# Base schedules return the pair (gamma0, 1 - gamma0) rather than logSNR0 = ln(gamma0 / (1 - gamma0)):
+# Base schedules return the pair (gamma0, 1 - gamma0) rather than
+# logSNR0 = ln(gamma0 / (1 - gamma0)):
 # logSNR0 is +-inf at the endpoints, where autodiff through it gives NaN, while both halves of the
 # pair are finite and smooth, each computed without cancellation.
 SCHEDULES: dict[str, Callable[[Array], tuple[Array, Array]]] = {
@@ -131,8 +132,9 @@ def gamma_pair(
     """SPEC 5.1: gamma(t) and 1 - gamma(t) after input scaling and the logSNR-range remap.
 
     Input scaling by b is the logSNR shift lambda_b = lambda0 + 2 ln b (SPEC A1), applied as
-    gamma_b = b^2 gamma0 / (b^2 gamma0 + 1 - gamma0); skipped when |b - 1| < 1e-9 as in the reference. The range remap is the affine map of gamma_b that sends
-    gamma_b(0) to sigmoid(logsnr_max) and gamma_b(1) to sigmoid(logsnr_min) (SPEC A2, not a clip):
+    gamma_b = b^2 gamma0 / (b^2 gamma0 + 1 - gamma0); skipped when |b - 1| < 1e-9 as in the
+    reference. The range remap is the affine map of gamma_b that sends gamma_b(0) to
+    sigmoid(logsnr_max) and gamma_b(1) to sigmoid(logsnr_min) (SPEC A2, not a clip):
         gamma     = sigmoid(l_min)  + s * (gamma_b(t) - gamma_b(1))
         1 - gamma = sigmoid(-l_max) + s * ((1 - gamma_b(t)) - (1 - gamma_b(0)))
         s = (sigmoid(l_max) - sigmoid(l_min)) / (gamma_b(0) - gamma_b(1)).
@@ -476,7 +478,7 @@ def final_activation(out: Array, name: str) -> Array:
 
 
 def resolve_final_activation(name: str, predict: str) -> str:
-    """SPEC 5.4: spells out `tanh_if_x` (tanh for x-prediction, else none); other names pass through.
+    """SPEC 5.4: spells out `tanh_if_x` (tanh for x-prediction, else none); others pass through.
 
     Args:
       name: "tanh_if_x" or a key of `FINAL_ACTIVATIONS`.
@@ -596,6 +598,8 @@ def training_loss(
       `loss_per_sample` [B] (= weight * mse), `x_t`, `eps`, `x_hat` [B, H, W, C].
     """
     _check_nhwc("x0", x0)
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        raise TypeError(f"x0 must be float bits [B, H, W, C], got dtype {x0.dtype}.")
     b, h, w, _ = x0.shape
     _check_nhwc("image", image, 3)
     _check_shape("image", image, (b, h, w, 3))
@@ -664,7 +668,7 @@ def ddpm_coefficients(
     one_minus_r = -jnp.expm1(logsnr_t - logsnr_s)  # exact near r = 1 (many steps).
     alpha_s2, sigma_s2 = jax.nn.sigmoid(logsnr_s), jax.nn.sigmoid(-logsnr_s)
     sigma_t2 = jax.nn.sigmoid(-logsnr_t)
-    # alpha_s / alpha_t = sqrt((1 + e^{-lambda_t}) / (1 + e^{-lambda_s})), finite for |lambda| <= 80.
+    # alpha_s / alpha_t = sqrt((1 + e^-lambda_t) / (1 + e^-lambda_s)), finite for |lambda| <= 80.
     c_xt = r * jnp.sqrt((1.0 + jnp.exp(-logsnr_t)) / (1.0 + jnp.exp(-logsnr_s)))
     c_xhat = one_minus_r * jnp.sqrt(alpha_s2)
     var = one_minus_r * (sigma_t2 if var_type == "large" else sigma_s2)

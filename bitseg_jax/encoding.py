@@ -227,7 +227,7 @@ def _encode_rgb(labels: Array, offset: bool) -> Array:
 
 
 def _two_means(points: np.ndarray, rng: np.random.Generator, n_init: int = 3, max_iter: int = 100):
-    """Lloyd's 2-means with k-means++ seeding; best of `n_init` by inertia. Returns [N] in {0, 1}."""
+    """Lloyd's 2-means, k-means++ seeding, best of `n_init` by inertia. Returns [N] in {0, 1}."""
     best, best_inertia = None, np.inf
     for _ in range(n_init):
         first = points[rng.integers(len(points))]

@@ -196,7 +196,7 @@ def test_weightings():
     for name, formula in WEIGHTING_FORMULAS.items():
         got = diffusion.weighting_fn(name)(jnp.asarray(lam))
         np.testing.assert_allclose(got, formula(lam.astype(np.float64)), rtol=1e-5, err_msg=name)
-    # loss_weight evaluates the bare weight on the schedule's lambda, times -dlambda/dt if decoupled.
+    # loss_weight: the bare weight of the schedule's lambda, times -dlambda/dt if decoupled.
     t = jnp.linspace(0.02, 0.98, 25)
     bare = WEIGHTING_FORMULAS["SNR_plus1"](np.asarray(diffusion.logsnr(t), np.float64))
     got = diffusion.loss_weight(t, weighting="SNR_plus1", decoupled=False)
@@ -381,6 +381,8 @@ def test_training_loss_bad_inputs():
         diffusion.training_loss(fn, x0, image, mask.astype(np.int32), rng, cfg)
     with pytest.raises(ValueError, match="image"):
         diffusion.training_loss(fn, x0, image[..., :2], mask, rng, cfg)
+    with pytest.raises(TypeError, match="x0 must be float"):
+        diffusion.training_loss(fn, x0.astype(np.int32), image, mask, rng, cfg)
     with pytest.raises(ValueError, match="t has shape"):
         diffusion.training_loss(fn, x0, image, mask, rng, cfg, t=np.zeros(3, np.float32))
 
@@ -549,7 +551,7 @@ def test_guidance_and_ddpm_update():
             want = c_xt * x + c_xhat * traj["x_hat"][k] + std * noise["step_noise"][k]
             np.testing.assert_allclose(traj["x_t"][k + 1], want, atol=1e-5)
     np.testing.assert_array_equal(out, traj["x_hat"][-1])
-    # Same compiled sampler (same net and settings): another key and a changed last z change nothing.
+    # Same compiled sampler (same net, settings): another key and a changed last z change nothing.
     other_noise = {**noise, "step_noise": noise["step_noise"].copy()}
     other_noise["step_noise"][3] = 9.0
     other, _ = diffusion.sample(net, jax.random.key(7), image, valid, cfg, **kwargs, **other_noise)
