@@ -8,9 +8,9 @@ and padded evaluation batches. Batch keys and shapes are those of docs/architect
 
 Structure. The core works on `RawSource`s: a split of records that can be read by index range
 and decoded into raw examples `{"image": uint8 [H, W, 3], "segmentations": uint16 [A, H, W],
-"id": string}`. `source_from_tfds` is the thin loading layer over the TFDS builders (records stay
-undecoded until after shuffling and skipping); `source_from_dataset` wraps an in-memory
-`tf.data.Dataset` of raw examples (tests, user data). `train_dataset`/`eval_dataset` build the
+"id": string}`. `source_from_tfds`/`source_from_builder` are the thin loading layer over the
+TFDS builders (records stay undecoded until after shuffling and skipping); `source_from_dataset`
+wraps an in-memory `tf.data.Dataset` of raw examples (tests, user data). `train_dataset`/`eval_dataset` build the
 pipelines from sources; `create_train_iterator`/`create_eval_iterator` add TFDS and `jax`'s
 process index/count and return NumPy iterators.
 
@@ -34,12 +34,17 @@ Choices (and where they deviate from the reference):
   (flip, rotation about the content's own centre) this is the same geometry at lower
   resolution; the colour ones are per-pixel and commute with the area resize up to their
   non-linearity (a "faithful equivalent", SPEC 2.3). It is 10-20x cheaper on BSDS/EntitySeg.
-* The resized image is rounded to integers before normalisation, as the reference's uint8
-  OpenCV resize does. Labels are resized with TF's nearest neighbour (half-pixel centres).
+* uint8 until the batch. The resized image is rounded to uint8 (as the reference's uint8 OpenCV
+  resize), each augmentation rounds again (as albumentations on uint8 does; gamma,
+  brightness/contrast and RGB shift are 256-entry lookup tables), and whole batches are
+  normalised to float32 at the end. Labels are resized with TF's nearest neighbour (half-pixel
+  centres).
 * Float images (in-memory sources, `prepare_image`) must be in [0, 1] (TF convention); NaN or
   out-of-range values raise, naming the example.
 * Evaluation `annotations` are merged with the same padding value as `label` (so annotator 0's
-  map is a relabelling of `label` on the valid region) and then set to -1 outside it.
+  map is a relabelling of `label` on the valid region) and then set to -1 outside it. A_max is
+  the largest annotator count of the split, read from the undecoded records' shapes once.
+  `create_eval_iterator` evaluates one data set (default: the first of `config.data.datasets`).
 """
 
 import collections.abc
@@ -306,10 +311,15 @@ def _check_image(image: tf.Tensor, example_id) -> tf.Tensor:
         ),
         tf.debugging.Assert(
             tf.logical_and(tf.reduce_min(image) >= 0.0, tf.reduce_max(image) <= 1.0),
-            ["Example", example_id, ": float image must be in [0, 1]; got range",
-             tf.reduce_min(image), tf.reduce_max(image)],
+            [
+                "Example",
+                example_id,
+                ": float image must be in [0, 1]; got range",
+                tf.reduce_min(image),
+                tf.reduce_max(image),
+            ],
         ),
-    ]  # fmt: skip
+    ]
     with tf.control_dependencies(checks):
         return image * 255.0
 
@@ -324,11 +334,17 @@ def _check_segmentations(segs: tf.Tensor, image: tf.Tensor, example_id) -> tf.Te
     checks = [
         tf.debugging.Assert(
             tf.reduce_all(tf.equal(seg_shape[1:], image_shape[:2])),
-            ["Example", example_id, ": segmentations [A, H, W]", seg_shape,
-             "do not match the image [H, W, 3]", image_shape],
+            [
+                "Example",
+                example_id,
+                ": segmentations [A, H, W]",
+                seg_shape,
+                "do not match the image [H, W, 3]",
+                image_shape,
+            ],
         ),
         tf.debugging.Assert(seg_shape[0] > 0, ["Example", example_id, ": no annotator (A = 0)"]),
-    ]  # fmt: skip
+    ]
     if segs.dtype not in (tf.uint8, tf.uint16):
         lo, hi = tf.reduce_min(segs), tf.reduce_max(segs)
         checks.append(
@@ -337,10 +353,15 @@ def _check_segmentations(segs: tf.Tensor, image: tf.Tensor, example_id) -> tf.Te
                     tf.equal(tf.size(segs), 0),
                     tf.logical_and(lo >= 0, hi <= MAX_SEGMENT_ID),
                 ),
-                ["Example", example_id, f": segment ids must be in [0, {MAX_SEGMENT_ID}]; got",
-                 lo, hi],
+                [
+                    "Example",
+                    example_id,
+                    f": segment ids must be in [0, {MAX_SEGMENT_ID}]; got",
+                    lo,
+                    hi,
+                ],
             )
-        )  # fmt: skip
+        )
     with tf.control_dependencies(checks):
         return tf.cast(segs, tf.int32)
 
@@ -447,7 +468,7 @@ def _lookup(image: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
     return tf.gather(tf.reshape(_to_uint8(tf.clip_by_value(table, 0.0, 255.0)), [-1]), index)
 
 
-_LEVELS = tf.range(256, dtype=tf.float32)  # the 256 uint8 values, for the lookup tables.
+_LEVELS = np.arange(256, dtype=np.float32)  # the 256 uint8 values, for the lookup tables.
 
 
 def hflip(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -589,8 +610,7 @@ def preprocess_train(
 
     Returns:
         {"image": uint8 [S, S, 3] (0 in the padding), "label": int32 [S, S] instance ids
-        (padding 0 or -1),
-        "valid": bool [S, S], "palette_seed": int64 scalar}.
+        (padding 0 or -1), "valid": bool [S, S], "palette_seed": int64 scalar}.
     """
     example_id = example["id"]
     image = _check_image(example["image"], example_id)
@@ -663,9 +683,7 @@ def preprocess_eval(
 
 def _palette_seed(seed: tf.Tensor) -> tf.Tensor:
     """A non-negative int64 seed for `np.random.default_rng` from a stateless seed."""
-    return tf.random.stateless_uniform(
-        [], seed, minval=0, maxval=2**62, dtype=tf.int64
-    )  # fmt: skip
+    return tf.random.stateless_uniform([], seed, minval=0, maxval=2**62, dtype=tf.int64)
 
 
 # --------------------------------------------------------------------------- host side
@@ -760,11 +778,16 @@ def _host_palette_eval(batch: dict[str, tf.Tensor], options: _PaletteOptions):
             _palette_rows(labels, seeds, mask, options),
             _merge_annotations(annotations, valid, mask, options.num_classes),
         ),
-        [batch["label"], batch["palette_seed"], batch["annotations"], batch["valid"],
-         batch["_mask"]],
+        [
+            batch["label"],
+            batch["palette_seed"],
+            batch["annotations"],
+            batch["valid"],
+            batch["_mask"],
+        ],
         (tf.int32, tf.int32),
         stateful=False,
-    )  # fmt: skip
+    )
     out = {k: v for k, v in batch.items() if k != "palette_seed"}
     out["image"] = normalize(batch["image"], batch["valid"])
     out["label"] = tf.ensure_shape(label, batch["label"].shape)
@@ -858,9 +881,12 @@ def _epochs(records: tf.data.Dataset, num_records: int, consumed: int, buffer: i
         if buffer <= 1:
             return records
         shuffle_seed = tf.random.stateless_uniform(
-            [], tf.random.experimental.stateless_fold_in(key, epoch), minval=None, maxval=None,
+            [],
+            tf.random.experimental.stateless_fold_in(key, epoch),
+            minval=None,
+            maxval=None,
             dtype=tf.int64,
-        )  # fmt: skip
+        )
         return records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
 
     stream = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(one_epoch)
@@ -908,9 +934,7 @@ def train_dataset(
     if len(sources) == 1:
         choices, consumed = None, np.array([start])
     else:
-        choices, consumed = _selector(
-            _run_key(seed, process_index, _TAG_SELECTOR), weights, start
-        )  # fmt: skip
+        choices, consumed = _selector(_run_key(seed, process_index, _TAG_SELECTOR), weights, start)
     streams = []
     for d, source in enumerate(sources):
         lo, hi = host_range(source.num_examples, process_index, process_count)

@@ -93,9 +93,11 @@ def test_prepare_image_valid_region_spec12(shape, valid_hw):
         np.testing.assert_array_equal(valid, expected)
         # Constant 200 normalises to (200/255 - mean)/std inside, 0 in the padding (SPEC 2.3).
         np.testing.assert_allclose(
-            np.asarray(out_image)[expected], np.broadcast_to((200 / 255 - MEAN) / STD, (expected.sum(), 3)),
-            rtol=0, atol=1e-5,
-        )  # fmt: skip
+            np.asarray(out_image)[expected],
+            np.broadcast_to((200 / 255 - MEAN) / STD, (expected.sum(), 3)),
+            rtol=0,
+            atol=1e-5,
+        )
         np.testing.assert_array_equal(np.asarray(out_image)[~expected], 0.0)
 
 
@@ -153,10 +155,22 @@ def test_prepare_image_float_input_and_errors():
 # Colour code of the alignment test: segment id -> RGB; id 0 is black so that what rotates in
 # (black image, segment 0) is consistent with the code too.
 CODE = np.array(
-    [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
-     [0, 255, 255], [255, 255, 255], [128, 0, 0], [0, 128, 0], [0, 0, 128], [128, 128, 0]],
+    [
+        [0, 0, 0],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 255, 255],
+        [128, 0, 0],
+        [0, 128, 0],
+        [0, 0, 128],
+        [128, 128, 0],
+    ],
     np.float32,
-)  # fmt: skip
+)
 
 
 def coded_example():
@@ -424,9 +438,15 @@ def test_eval_num_images_permutation_and_hosts():
     per_host = []
     for host in range(2):
         ds = input_pipeline.eval_dataset(
-            source, config, num_images=7, seed=5, batch_size=4, num_annotators=2,
-            process_index=host, process_count=2,
-        )  # fmt: skip
+            source,
+            config,
+            num_images=7,
+            seed=5,
+            batch_size=4,
+            num_annotators=2,
+            process_index=host,
+            process_count=2,
+        )
         per_host.append(take(ds, 10))
     # 3 and 4 of the 7 images, batches of 2 rows per host: both hosts run 2 batches.
     assert [len(batches) for batches in per_host] == [2, 2]
@@ -460,8 +480,12 @@ def test_bad_examples_raise_naming_the_example():
     mismatch = dict(good[0], segmentations=np.zeros((1, 5, 5), np.uint16), id="bad_size")
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad_size"):
         first_batch(mismatch)
-    too_many = dict(good[0], segmentations=np.full((1, *good[0]["image"].shape[:2]), 70_000),
-                    image=good[0]["image"].astype(np.float32) / 255.0, id="bad_ids")  # fmt: skip
+    too_many = dict(
+        good[0],
+        segmentations=np.full((1, *good[0]["image"].shape[:2]), 70_000),
+        image=good[0]["image"].astype(np.float32) / 255.0,
+        id="bad_ids",
+    )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"bad_ids.*\[0, 65535\]"):
         first_batch(too_many, np.int64)
     nan = dict(good[0], image=np.full(good[0]["image"].shape, np.nan, np.float32), id="bad_nan")
@@ -471,9 +495,12 @@ def test_bad_examples_raise_naming_the_example():
     # Eagerly too.
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad_size"):
         input_pipeline.preprocess_train(
-            {k: tf.constant(v) for k, v in mismatch.items()}, tf.constant([0, 0], tf.int64),
-            image_size=32, probs={}, mask_padding=False,
-        )  # fmt: skip
+            {k: tf.constant(v) for k, v in mismatch.items()},
+            tf.constant([0, 0], tf.int64),
+            image_size=32,
+            probs={},
+            mask_padding=False,
+        )
     # Eval: more annotators than the stated A_max.
     source = make_source(random_examples(2, rng, annotators=(2, 2)))
     with pytest.raises(tf.errors.InvalidArgumentError, match="ex0.*num_annotators=1"):
@@ -501,8 +528,13 @@ def test_bad_options_name_the_config_key(overrides, error, key):
 
 
 def test_num_classes_follows_the_encoding():
-    cases = [("analog_bits", 6, "similar", 64), ("onehot", 4, "random", 16),
-             ("rgb", 6, "random", 121), ("rgb", 6, "none", 125), ("analog_bits", 3, "none", 8)]  # fmt: skip
+    cases = [
+        ("analog_bits", 6, "similar", 64),
+        ("onehot", 4, "random", 16),
+        ("rgb", 6, "random", 121),
+        ("rgb", 6, "none", 125),
+        ("analog_bits", 3, "none", 8),
+    ]
     for encoding, bits, mode, k in cases:
         config = make_config(
             **{"model.encoding": encoding, "model.num_bits": bits, "data.lap_mode": mode}
