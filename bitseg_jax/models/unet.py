@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bitseg_jax import diffusion
+from bitseg_jax import diffusion, encoding
 from bitseg_jax.models import layers
 
 # SPEC 6.4 `channel_multiplier = "auto"`: image size -> (normal, deeper_net); None = not defined.
@@ -33,23 +33,6 @@ AUTO_CHANNEL_MULTIPLIERS = {
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-# Diffusion channels per encoding (SPEC 3): analog bits k, one-hot 2**k, RGB 3.
-# TODO(models): use bitseg_jax.encoding.num_channels once encoding.py lands.
-_ENCODING_CHANNELS = {
-    "analog_bits": lambda num_bits: num_bits,
-    "onehot": lambda num_bits: 2**num_bits,
-    "rgb": lambda num_bits: 3,
-}
-
-
-def _num_channels(encoding: str, num_bits: int) -> int:
-    try:
-        return _ENCODING_CHANNELS[encoding](num_bits)
-    except KeyError:
-        raise KeyError(
-            f"model.encoding={encoding!r} is unknown; expected one of {sorted(_ENCODING_CHANNELS)}."
-        ) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +90,7 @@ class UNetConfig:
                 f"model.final_activation={m.final_activation!r} is unknown; expected one of "
                 f"{sorted(diffusion.FINAL_ACTIVATIONS)}."
             )
-        channels = _num_channels(m.encoding, m.num_bits)
+        channels = encoding.num_channels(m.encoding, m.num_bits)  # KeyError names the encoding
         for level in levels:
             width = m.num_channels * mult[level]
             if width % m.num_heads:
