@@ -429,6 +429,27 @@ def test_eval_batches_padding_and_annotations():
     np.testing.assert_array_equal(first["annotations"][1, 1], first["annotations"][1, 0])
 
 
+def test_preprocess_eval_eager_equals_dataset():
+    rng = np.random.default_rng(11)
+    (example,) = random_examples(1, rng, size=(30, 50), annotators=(2, 2))
+    seed = tf.constant([3, 4], tf.int64)
+
+    def fn(ex):
+        return input_pipeline.preprocess_eval(
+            ex, seed, image_size=32, mask_padding=True, num_annotators=3
+        )
+
+    eager = fn({k: tf.constant(v) for k, v in example.items()})
+    graph = next(iter(tf.data.Dataset.from_tensors(example).map(fn)))
+    for k in eager:
+        np.testing.assert_array_equal(eager[k], graph[k], err_msg=k)
+    h, w = example["image"].shape[:2]
+    np.testing.assert_array_equal(eager["orig_size"], [h, w])
+    valid = np.asarray(eager["valid"])
+    assert np.all(np.asarray(eager["annotations"])[:2][:, ~valid] == -1)  # mask_padding
+    assert np.all(np.asarray(eager["annotations"])[2] == -1)  # absent third annotator
+
+
 def test_eval_num_images_permutation_and_hosts():
     rng = np.random.default_rng(8)
     examples = random_examples(11, rng, annotators=(1, 2))
