@@ -856,11 +856,12 @@ def _selector(key, weights: np.ndarray, start: int) -> tuple[tf.data.Dataset, np
     bounds = tf.constant(np.cumsum(weights)[:-1], tf.float64)  # choice = #bounds <= u.
     first_block, offset = divmod(start, _SELECTOR_BLOCK)
     consumed = np.zeros(weights.size, np.int64)
-    block_fn = tf.function(_selector_block)
+    block_fn = tf.function(_selector_block)  # traced once: `block` is passed as a tensor.
     for block in range(first_block):
-        consumed += np.bincount(block_fn(key, block, bounds).numpy(), minlength=weights.size)
+        choices = block_fn(key, tf.constant(block, tf.int64), bounds).numpy()
+        consumed += np.bincount(choices, minlength=weights.size)
     if offset:
-        head = block_fn(key, first_block, bounds).numpy()[:offset]
+        head = block_fn(key, tf.constant(first_block, tf.int64), bounds).numpy()[:offset]
         consumed += np.bincount(head, minlength=weights.size)
     choices = (
         tf.data.Dataset.range(first_block, np.iinfo(np.int64).max)
