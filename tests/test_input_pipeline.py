@@ -490,13 +490,18 @@ def test_bad_examples_raise_naming_the_example():
     good = random_examples(3, rng, annotators=(1, 1))
     config = make_config(**{"batch_size": 4, "data.augment": False})
 
-    def first_batch(bad, dtype=None):
-        examples = [dict(ex) for ex in good] + [bad]
-        if dtype is not None:
-            for ex in examples:
-                ex["segmentations"] = ex["segmentations"].astype(dtype)
-                ex["image"] = ex["image"].astype(np.float32) / 255.0
-        return take(input_pipeline.train_dataset([make_source(examples)], config), 1)
+    def first_batch(bad):
+        # A source has one element spec: the good examples take the bad one's dtypes.
+        scale = 1.0 if bad["image"].dtype == np.uint8 else 1.0 / 255.0
+        examples = [
+            dict(
+                ex,
+                image=(ex["image"] * scale).astype(bad["image"].dtype),
+                segmentations=ex["segmentations"].astype(bad["segmentations"].dtype),
+            )
+            for ex in good
+        ]
+        return take(input_pipeline.train_dataset([make_source([*examples, bad])], config), 1)
 
     mismatch = dict(good[0], segmentations=np.zeros((1, 5, 5), np.uint16), id="bad_size")
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad_size"):
@@ -508,11 +513,11 @@ def test_bad_examples_raise_naming_the_example():
         id="bad_ids",
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"bad_ids.*\[0, 65535\]"):
-        first_batch(too_many, np.int64)
+        first_batch(too_many)
     nan = dict(good[0], image=np.full(good[0]["image"].shape, np.nan, np.float32), id="bad_nan")
     nan["segmentations"] = nan["segmentations"].astype(np.int64)
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad_nan.*NaN"):
-        first_batch(nan, np.int64)
+        first_batch(nan)
     # Eagerly too.
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad_size"):
         input_pipeline.preprocess_train(
