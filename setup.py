@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "ml-collections~=1.1.0",
     "tensorflow-cpu~=2.21.0",
     "tensorflow-datasets~=4.9.10",
+    "importlib_resources",  # needed by tfds to prepare builders defined outside tfds
     "tensorboard~=2.21.0",  # clu metric_writers (TensorBoard event files)
     "numpy>=2.0,<3",
     "scipy>=1.13",
