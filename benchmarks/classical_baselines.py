@@ -384,8 +384,6 @@ def segment_split(
 # Scores.
 # --------------------------------------------------------------------------------------------
 
-SCORE_KEYS = ("ari_vs_all", "best_ari_vs_all", "hiou_e_vs_all", "best_hiou_e_vs_all")
-
 
 def score_predictions(
     pred: np.ndarray, annotations: np.ndarray, valid: np.ndarray, *, chunk: int = 32
@@ -399,8 +397,9 @@ def score_predictions(
         chunk: images per `metrics.segmentation_metrics` call (bounds memory).
 
     Returns:
-        float64 [N, G] each: `ari_vs_all`, `hiou_e_vs_all` (mean over present annotators) and
-        `best_ari_vs_all`, `best_hiou_e_vs_all` (best annotator).
+        float64 [N, G] each: `ari_vs_all`, `hiou_e_vs_all` (mean over present annotators),
+        `best_ari_vs_all`, `best_hiou_e_vs_all` (best annotator) and `ari`, `hiou_e` (against
+        annotator 0 alone: the `Evaluator`'s headline numbers).
     """
     if pred.ndim != 4 or annotations.ndim != 4 or valid.ndim != 3:
         raise ValueError(
@@ -410,8 +409,8 @@ def score_predictions(
     if pred.shape[0] != annotations.shape[0] or pred.shape[2:] != annotations.shape[2:]:
         raise ValueError(f"pred {pred.shape} does not match annotations {annotations.shape}.")
     present = (annotations >= 0).any(axis=(-2, -1))  # [N, A]
-    if not present.any(axis=1).all():
-        raise ValueError("annotations: an image has no annotator.")
+    if not present[:, 0].all():
+        raise ValueError("annotations: annotator 0 (the ground truth) is absent in an image.")
     per_annotator = {"ari": [], "hiou_e": []}
     for a in range(annotations.shape[1]):
         # An absent annotator gets a stand-in map; its scores are masked below.
@@ -427,6 +426,7 @@ def score_predictions(
     out = {}
     for key, values in per_annotator.items():
         v = np.where(present[:, :, None], np.stack(values, axis=1), np.nan)  # [N, A, G]
+        out[key] = values[0]
         out[f"{key}_vs_all"] = np.nanmean(v, axis=1)
         out[f"best_{key}_vs_all"] = np.nanmax(v, axis=1)
     return out
@@ -618,24 +618,27 @@ def format_tables(results: Mapping[str, Any]) -> str:
             f"### {dataset} validation ({val} images; tuned on {r['num_tune_images']} train)",
             "",
             (
-                "| method | chosen parameters | ARI mean ann. | ARI best ann. | IoU mean ann. "
-                "| IoU best ann. | GED (IoU) | GED (ARI) | median segs |"
+                "| method | chosen parameters | ARI ann. 0 | ARI mean ann. | ARI best ann. "
+                "| IoU ann. 0 | IoU mean ann. | IoU best ann. | GED (IoU) | GED (ARI) "
+                "| median segs |"
             ),
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for method, m in r["methods"].items():
             params = ", ".join(f"{k}={v}" for k, v in m["chosen"].items()) or "–"
             v = m["val"]
             lines.append(
-                f"| {method} | {params} | {_fmt(v['ari_vs_all'])} | {_fmt(v['best_ari_vs_all'])} "
+                f"| {method} | {params} | {_fmt(v['ari'])} | {_fmt(v['ari_vs_all'])} "
+                f"| {_fmt(v['best_ari_vs_all'])} | {_fmt(v['hiou_e'])} "
                 f"| {_fmt(v['hiou_e_vs_all'])} | {_fmt(v['best_hiou_e_vs_all'])} "
                 f"| {_fmt(v.get('ged_hiou_e'))} | {_fmt(v.get('ged_ari'))} "
                 f"| {m['val_median_segments']:.0f} |"
             )
         for split_name, agreement in r.get("agreement", {}).items():
             lines.append(
-                f"| annotators ({split_name}, one vs others) | – | {_fmt(agreement['pair_ari'])} "
-                f"| {_fmt(agreement['loo_best_ari'])} | {_fmt(agreement['pair_hiou_e'])} "
+                f"| annotators ({split_name}, one vs others) | – | – "
+                f"| {_fmt(agreement['pair_ari'])} | {_fmt(agreement['loo_best_ari'])} | – "
+                f"| {_fmt(agreement['pair_hiou_e'])} "
                 f"| {_fmt(agreement['loo_best_hiou_e'])} | {_fmt(agreement['loo_ged_hiou_e'])} "
                 f"| {_fmt(agreement['loo_ged_ari'])} | – |"
             )

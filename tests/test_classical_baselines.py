@@ -134,8 +134,13 @@ def test_score_predictions_matches_pairwise_metrics():
             np.testing.assert_allclose(scores["best_ari_vs_all"][i, k], np.max(aris), atol=1e-12)
             np.testing.assert_allclose(scores["hiou_e_vs_all"][i, k], np.mean(ious), atol=1e-12)
             np.testing.assert_allclose(scores["best_hiou_e_vs_all"][i, k], np.max(ious), atol=1e-12)
+            np.testing.assert_allclose(scores["ari"][i, k], aris[0], atol=1e-12)
+            np.testing.assert_allclose(scores["hiou_e"][i, k], ious[0], atol=1e-12)
     with pytest.raises(ValueError, match="does not match"):
         cb.score_predictions(pred[:2], annotations, valid)
+    annotations[0, 0] = -1
+    with pytest.raises(ValueError, match="annotator 0"):
+        cb.score_predictions(pred, annotations, valid)
 
 
 def test_select_takes_the_best_mean_and_the_first_of_ties():
