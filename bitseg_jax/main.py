@@ -135,21 +135,47 @@ def main(argv):
         ):
             raise app.UsageError("--config is required to start a training run.")
         config = checkpointing.load_config(FLAGS.workdir)
+    run(
+        config,
+        FLAGS.workdir,
+        mode=FLAGS.mode,
+        eval_setup=FLAGS.eval_setup,
+        eval_which=FLAGS.eval_which,
+        out=FLAGS.out,
+    )
 
-    if FLAGS.mode == "train":
+
+def run(
+    config,
+    workdir: str,
+    *,
+    mode: str = "train",
+    eval_setup: str = "vali",
+    eval_which: str = "latest",
+    out: str | None = None,
+) -> None:
+    """Dispatches one mode (the flags' meaning; callable without absl, e.g. from tests).
+
+    Raises:
+      KeyError: unknown `mode`.
+      DataNotFoundError: a data set of the config is missing (train and eval).
+    """
+    if mode not in MODES:
+        raise KeyError(f"Unknown mode {mode!r}; expected one of {MODES}.")
+    if mode == "train":
         check_data(config)
         from bitseg_jax import train
 
-        train.train_and_evaluate(config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
+        train.train_and_evaluate(config, workdir)
+    elif mode == "eval":
         check_data(config)
         from bitseg_jax import evaluation
 
-        evaluation.run_eval(config, FLAGS.workdir, setup=FLAGS.eval_setup, which=FLAGS.eval_which)
-    elif FLAGS.mode == "export":
+        evaluation.run_eval(config, workdir, setup=eval_setup, which=eval_which)
+    else:
         from bitseg_jax import export
 
-        export.export(config, FLAGS.workdir, FLAGS.out or os.path.join(FLAGS.workdir, "export"))
+        export.export(config, workdir, out or os.path.join(workdir, "export"))
 
 
 if __name__ == "__main__":
