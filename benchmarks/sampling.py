@@ -80,12 +80,14 @@ def bench(
     step_gflop = _forward_gflop(config, params, passes)
     for _ in range(warmup):
         compiled(params, jax.random.key(0), image, valid).block_until_ready()
-    times = []
+    times, cpu_times = [], []
     for i in range(repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         compiled(params, jax.random.key(i + 1), image, valid).block_until_ready()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     median = statistics.median(times)
+    cpu_median = statistics.median(cpu_times)
     gflop = steps * step_gflop
     return {
         "config": name,
@@ -99,6 +101,10 @@ def bench(
         "batch_s_median": round(median, 3),
         "batch_s_all": [round(t, 3) for t in times],
         "images_per_s": round(batch / median, 3),
+        # CPU seconds of this process (all threads) per batch: excludes time spent waiting for
+        # a core on a shared machine; cpu_s / cores estimates the uncontended wall time.
+        "batch_cpu_s_median": round(cpu_median, 3),
+        "images_per_cpu_s": round(batch / cpu_median, 4),
         "gflop_per_forward_image": round(step_gflop / passes, 2),
         "gflop_per_batch": round(gflop, 1),
         "gflop_per_s": round(gflop / median, 1),
