@@ -112,3 +112,13 @@ def test_bad_inputs_name_the_argument():
         visualize.grid([[]])
     with pytest.raises(ValueError, match="values"):
         visualize.uncertainty_map(np.zeros((2, 2, 2)))
+
+
+def test_imagenet_statistics_match_the_input_pipeline():
+    # visualize stays free of TensorFlow, so it keeps its own copy of the statistics.
+    from bitseg_jax import input_pipeline
+
+    np.testing.assert_array_equal(
+        visualize._IMAGENET_MEAN, np.float32(input_pipeline.IMAGENET_MEAN)
+    )
+    np.testing.assert_array_equal(visualize._IMAGENET_STD, np.float32(input_pipeline.IMAGENET_STD))
