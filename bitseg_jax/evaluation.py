@@ -671,6 +671,12 @@ def _to_csv(results: list[dict]) -> str:
 _METRIC_LABELS = {"ari": "ARI", "hiou_e": "IoU (hiou_e)"}
 
 
+def _plain_ticks(ax, values) -> None:
+    """Ticks at the given x values, labelled 2, 8, 100 rather than 2×10⁰ on log axes."""
+    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.minorticks_off()
+
+
 def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
     """Fig. 4: metric vs sampling steps; DDPM and DDIM curves when both sweeps exist."""
     curves = {}
@@ -685,6 +691,7 @@ def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
             label = SETUPS[name].sampler.upper() + f" (step {rec['step']})"
             ax.plot(rec["values"], [r[key] for r in rec["results"]], "o-", label=label)
         ax.set_xscale("log")
+        _plain_ticks(ax, sorted({v for rec in curves.values() for v in rec["values"]}))
         ax.set_xlabel("sampling steps")
         ax.set_ylabel(_METRIC_LABELS[key])
         ax.grid(alpha=0.3)
@@ -704,6 +711,7 @@ def _plot_guidance(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
         best = int(np.nanargmax(scores))
         ax.axvline(values[best], color="gray", linestyle="--", label=f"best w = {values[best]:g}")
         ax.set_xscale("symlog", linthresh=0.1)
+        _plain_ticks(ax, list(values))
         ax.set_xlabel("guidance weight w")
         ax.set_ylabel(_METRIC_LABELS[key])
         ax.grid(alpha=0.3)
@@ -721,6 +729,8 @@ def _plot_best_of_n(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure
             curve = result[f"best_of_n_{key}"]
             ax.plot(np.arange(1, len(curve) + 1), curve, "o-", label=f"w = {value:g}")
         ax.set_xscale("log", base=2)
+        num = max(len(r[f"best_of_n_{key}"]) for r in record["results"])
+        _plain_ticks(ax, [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= num])
         ax.set_xlabel("samples per image N")
         ax.set_ylabel(f"best-of-N {_METRIC_LABELS[key]}")
         ax.grid(alpha=0.3)
