@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 import scipy.optimize
@@ -32,6 +31,10 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
+
+# Figures are built with the object API (no pyplot), so importing this module never changes the
+# user's matplotlib backend (notebooks keep their inline plots) and needs no display.
+from matplotlib.figure import Figure
 
 from bitseg_jax import (
     checkpointing,
@@ -43,9 +46,6 @@ from bitseg_jax import (
     visualize,
 )
 from bitseg_jax import sharding as sharding_lib
-
-matplotlib.use("Agg")  # headless: figures are only ever written to files.
-from matplotlib import pyplot as plt
 
 NUM_VIS_IMAGES = 4  # images shown in `Evaluator.images`.
 
@@ -632,7 +632,6 @@ def run_eval(
             figure = _PLOTS[spec.plot](out_dir, setup, record)
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-            plt.close(figure)
             (out_dir / f"{setup}.png").write_bytes(buffer.getvalue())
     return record
 
@@ -665,7 +664,7 @@ def _to_csv(results: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg) in the style of the paper's Figs. 4-6.
+# Plots (matplotlib object API) in the style of the paper's Figs. 4-6.
 # --------------------------------------------------------------------------------------------
 
 _METRIC_LABELS = {"ari": "ARI", "hiou_e": "IoU (hiou_e)"}
@@ -677,7 +676,7 @@ def _plain_ticks(ax, values) -> None:
     ax.minorticks_off()
 
 
-def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
+def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> Figure:
     """Fig. 4: metric vs sampling steps; DDPM and DDIM curves when both sweeps exist."""
     curves = {}
     for name in ("sweeps[ts]", "sweeps[ts][ddim]"):
@@ -685,7 +684,8 @@ def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
             curves[name] = record
         elif (out_dir / f"{name}.json").exists():
             curves[name] = json.loads((out_dir / f"{name}.json").read_text())
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, _METRIC_LABELS):
         for name, rec in curves.items():
             label = SETUPS[name].sampler.upper() + f" (step {rec['step']})"
@@ -700,10 +700,11 @@ def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
     return fig
 
 
-def _plot_guidance(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
+def _plot_guidance(out_dir: epath.Path, setup: str, record: dict) -> Figure:
     """Fig. 5: metric vs guidance weight, the best value marked."""
     del out_dir, setup
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     values = np.asarray(record["values"], np.float64)
     for ax, key in zip(axes, _METRIC_LABELS):
         scores = np.asarray([r[key] for r in record["results"]])
@@ -720,10 +721,11 @@ def _plot_guidance(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
     return fig
 
 
-def _plot_best_of_n(out_dir: epath.Path, setup: str, record: dict) -> plt.Figure:
+def _plot_best_of_n(out_dir: epath.Path, setup: str, record: dict) -> Figure:
     """Fig. 6: best-of-N (oracle) score vs N, one curve per guidance weight."""
     del out_dir, setup
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    axes = fig.subplots(1, 2)
     for ax, key in zip(axes, _METRIC_LABELS):
         for value, result in zip(record["values"], record["results"]):
             curve = result[f"best_of_n_{key}"]
