@@ -10,7 +10,8 @@ nbclient = pytest.importorskip("nbclient")
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "notebooks" / "demo.ipynb"
 
 
-def test_demo_notebook_executes(tmp_path):
+def test_demo_notebook_executes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # the kernel inherits it
     nb = nbformat.read(NOTEBOOK, as_version=4)
     (params,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     # The tiny model, 2 training steps, 2 samples: the notebook's code paths, in seconds.
