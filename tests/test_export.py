@@ -169,3 +169,19 @@ def test_rgb_encoding_is_rejected():
         config.model.encoding = "rgb"
     with pytest.raises(ValueError, match="encoding"):
         export.sampler_fn(config, [])
+
+
+def test_segmenter_loads_the_export(exported):
+    """`Segmenter.from_export` reads the folder export wrote (config JSON + npz weights)."""
+    from bitseg_jax import Segmenter
+
+    _, params, ema, out = exported
+    for use_ema, expected in ((False, params), (True, ema)):
+        segmenter = Segmenter.from_export(out, use_ema=use_ema)
+        np.testing.assert_array_equal(
+            np.asarray(jax.tree.leaves(segmenter.params)[0]),
+            np.asarray(jax.tree.leaves(expected)[0]),
+        )
+    image = np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    result = segmenter(image, num_samples=2, steps=2)
+    assert result["labels"].shape == (2, 40, 50)
