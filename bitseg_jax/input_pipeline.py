@@ -16,14 +16,17 @@ process index/count and return NumPy iterators.
 
 Choices (and where they deviate from the reference):
 
-* Epochs without replacement. SPEC 2.5 samples with replacement; here each host walks epochs of
-  its own slice, each epoch a shuffle (buffer `config.data.shuffle_buffer`) seeded by
-  (config.seed, host, data set, epoch). This is what JAX data loaders do and it makes restarts
-  cheap: `start_step` skips whole epochs arithmetically and the rest of one epoch as undecoded
+* Epochs without replacement. SPEC 2.5 samples with replacement; here the stream walks epochs
+  of each data set, each epoch a shuffle (buffer `config.data.shuffle_buffer`) seeded by
+  (config.seed, data set, epoch). This is what JAX data loaders do and it makes restarts cheap:
+  `start_step` skips whole epochs arithmetically and the rest of one epoch as undecoded
   records, so no skipped example is ever decoded.
+* One global stream for any number of hosts. Every host walks the same stream of undecoded
+  records and keeps its rows of each global batch before decoding, so a multi-host run trains
+  on exactly the batches of a one-process run (the price: every host reads every record).
 * Stateless randomness. Every random choice of an example (annotator, augmentation draws, the
-  no-LAP relabelling) derives from (config.seed, host, example index in the host's stream), so a
-  stream is deterministic for a seed and independent of tf.data's parallelism.
+  no-LAP relabelling) derives from (config.seed, the example's position in the global stream),
+  so a stream is deterministic for a seed and independent of tf.data's parallelism.
 * Mixing. Several data sets are mixed with `tf.data.Dataset.choose_from_datasets` driven by a
   stateless selector (blocks of `tf.random.stateless_uniform` draws compared against the
   cumulative weights). `sample_from_datasets` would draw from the same weights, but its internal
@@ -904,9 +907,13 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """The infinite, deterministic train stream of one host (SPEC 2.3-2.5).
 
-    Each host reads its contiguous slice of every source, walks seeded shuffled epochs of it,
-    mixes the sources by `config.data.weights`, preprocesses and batches. Starting at
-    `start_step` yields exactly the batches an uninterrupted stream yields from that step.
+    One global stream, the same on every host and for any number of hosts: seeded shuffled
+    epochs of every source (undecoded records), mixed by `config.data.weights`, each example
+    augmented with a key of its global position. Global batch k is stream positions
+    [k B, (k+1) B); host p keeps positions k B + [p b, (p+1) b) before decoding, so a run on
+    any number of hosts trains on exactly the batches of a one-process run (every host reads
+    every record, but decodes only its own). Starting at `start_step` yields exactly the
+    batches an uninterrupted stream yields from that step.
 
     Args:
         sources: one `RawSource` per entry of `config.data.datasets` (same record structure).
@@ -930,26 +937,23 @@ def train_dataset(
         raise ValueError(
             f"config.data.shuffle_buffer must be >= 0; got {config.data.shuffle_buffer}."
         )
-    seed, start = int(config.seed), start_step * local_batch
+    # Positions in the global stream; every key is host-independent (process index 0).
+    seed, start = int(config.seed), start_step * int(config.batch_size)
 
     if len(sources) == 1:
         choices, consumed = None, np.array([start])
     else:
-        choices, consumed = _selector(_run_key(seed, process_index, _TAG_SELECTOR), weights, start)
+        choices, consumed = _selector(_run_key(seed, 0, _TAG_SELECTOR), weights, start)
     streams = []
     for d, source in enumerate(sources):
-        lo, hi = host_range(source.num_examples, process_index, process_count)
-        if hi <= lo:
-            raise ValueError(
-                f"Source {source.name} has {source.num_examples} examples, too few for "
-                f"{process_count} processes."
-            )
-        key = tf.random.experimental.stateless_fold_in(
-            _run_key(seed, process_index, _TAG_SHUFFLE), d
-        )
-        records = source.read(lo, hi)
+        if source.num_examples < 1:
+            raise ValueError(f"Source {source.name} has no examples.")
+        key = tf.random.experimental.stateless_fold_in(_run_key(seed, 0, _TAG_SHUFFLE), d)
+        records = source.read(0, source.num_examples)
         streams.append(
-            _epochs(records, hi - lo, int(consumed[d]), int(config.data.shuffle_buffer), key)
+            _epochs(
+                records, source.num_examples, int(consumed[d]), int(config.data.shuffle_buffer), key
+            )
         )
     if choices is None:
         records = streams[0]
@@ -961,7 +965,7 @@ def train_dataset(
                 f"structures {specs}; they cannot be mixed."
             )
         records = tf.data.Dataset.choose_from_datasets(streams, choices)
-    example_key = _run_key(seed, process_index, _TAG_EXAMPLE)
+    example_key = _run_key(seed, 0, _TAG_EXAMPLE)
     decode = sources[0].decode
 
     def preprocess(index, record):
@@ -973,7 +977,10 @@ def train_dataset(
             mask_padding=bool(config.data.mask_padding),
         )
 
-    ds = _map(records.enumerate(start=start), preprocess)
+    ds = records.enumerate(start=start)
+    if process_count > 1:  # this host's rows of every global batch, before decoding.
+        ds = ds.filter(lambda index, _: (index // local_batch) % process_count == process_index)
+    ds = _map(ds, preprocess)
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = _map(ds, functools.partial(_host_palette_train, options=options))
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
