@@ -1,5 +1,7 @@
 """bitseg-jax: agnostic, holistic image segmentation with bit diffusion, in JAX/Flax."""
 
+import pathlib
+
 import setuptools
 
 # The verified set (Python 3.11, see README "Versions"). Pinned with `~=` on the
@@ -46,7 +48,7 @@ setuptools.setup(
     name="bitseg-jax",
     version="0.1.0",
     description=__doc__,
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["bitseg_jax", "bitseg_jax.*"]),

@@ -8,13 +8,13 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_disable_most_optimizations", True)
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
 
 tf.config.set_visible_devices([], "GPU")
 

