@@ -12,6 +12,7 @@ python -m bitseg_jax.main --mode=export --workdir=workdirs/quickstart --out=expo
 # --coordinator_address, --num_processes and --process_id.
 """
 
+import logging as py_logging
 import os
 
 from absl import app, flags, logging
@@ -101,9 +102,17 @@ def check_data(config) -> None:
             ) from e
 
 
+class QuietOrbaxFilter(py_logging.Filter):
+    """Drops orbax's INFO chatter (several long lines per checkpoint); its warnings stay."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(QuietOrbaxFilter())
     # TF is only used by tf.data: keep it off the accelerators JAX owns.
     import tensorflow as tf
 

@@ -221,3 +221,18 @@ def test_main_reports_missing_data(tmp_path):
         main.check_data(config)
     message = str(info.value)
     assert "bsds500" in message and "nowhere" in message and "To prepare it" in message
+
+
+def test_main_log_filter_drops_orbax_info_only():
+    import logging as py_logging
+
+    from bitseg_jax.main import QuietOrbaxFilter
+
+    def record(path, level):
+        return py_logging.LogRecord("absl", level, path, 1, "msg", None, None)
+
+    quiet = QuietOrbaxFilter()
+    orbax_file = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    assert not quiet.filter(record(orbax_file, py_logging.INFO))
+    assert quiet.filter(record(orbax_file, py_logging.WARNING))
+    assert quiet.filter(record("/repo/bitseg_jax/train.py", py_logging.INFO))
