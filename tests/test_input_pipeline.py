@@ -19,12 +19,7 @@ STD = np.array(input_pipeline.IMAGENET_STD, np.float32)
 def make_config(**overrides):
     """The `tiny` config with dotted overrides, e.g. make_config(**{"data.augment": False})."""
     config = base.get_config("tiny")
-    for key, value in overrides.items():
-        *groups, name = key.split(".")
-        node = config
-        for group in groups:
-            node = node[group]
-        node[name] = value
+    config.update_from_flattened_dict(overrides)
     return config
 
 

@@ -30,12 +30,7 @@ def _config(data_dir):
     config = base.get_config("tiny")
     with config.unlocked():
         config.data.data_dir = data_dir
-        for key, value in OVERRIDES.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+        config.update_from_flattened_dict(OVERRIDES)
     return config
 
 

@@ -42,12 +42,7 @@ def _config(data_dir: str | None = None, **overrides):
         # Only training: evaluation and validation loss have their own (end-to-end) test.
         config.num_vali_batches = 0
         config.eval.num_images = 0
-        for key, value in overrides.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
+        config.update_from_flattened_dict(overrides)
     return config
 
 
