@@ -354,3 +354,43 @@ def test_params_mismatch_is_reported():
             lambda p: apply_unet(m, p, jnp.zeros((1, 32, 32, 6)), 0.5, jnp.zeros((1, 32, 32, 3))),
             params,
         )
+
+
+
+_CONV_HLO = """
+import os, jax, jax.numpy as jnp
+{import_line}
+f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME")
+x, w = jnp.ones((1, 32, 16, 16)), jnp.ones((32, 32, 3, 3))
+print(os.environ.get("XLA_FLAGS"))
+print(jax.jit(f).lower(x, w).compile().as_text())
+"""
+
+
+def _compile_conv(import_line: str, xla_flags: str | None) -> str:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
+    code = _CONV_HLO.format(import_line=import_line)
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_import_turns_off_ynn_fusions():
+    """bitseg_jax/__init__.py: convs compile to XLA's own kernels (2x faster here), not YNNPACK."""
+    from importlib import metadata
+
+    if not metadata.version("jaxlib").startswith("0.10."):
+        pytest.skip("the flag is set for jaxlib 0.10.x only")
+    plain = _compile_conv("", None)
+    assert "__ynn_fusion" in plain  # the control: jaxlib's default uses YNNPACK for this conv
+    ours = _compile_conv("import bitseg_jax", None)
+    assert "convolution" in ours and "__ynn_fusion" not in ours
+    # A user's own setting of the flag is kept as given.
+    kept = _compile_conv("import bitseg_jax", "--xla_cpu_experimental_ynn_fusion_type=invalid")
+    assert kept.splitlines()[0] == "--xla_cpu_experimental_ynn_fusion_type=invalid"
