@@ -1,0 +1,53 @@
+"""benchmarks/ablations.py: the run list and the table (the runs themselves are benchmarks)."""
+
+import pytest
+
+from benchmarks import ablations
+from configs.sweeps import ablation_cpu
+
+
+def test_runs_cover_every_ablation_with_two_seeds_where_asked():
+    runs = ablation_cpu.named_runs()
+    names = [name for name, _ in ablation_cpu.ABLATIONS]
+    assert [n for n in dict.fromkeys(n for n, _ in runs)] == names
+    for name in names:
+        seeds = sorted(o["seed"] for n, o in runs if n == name)
+        assert seeds == ([0, 1] if name in ablation_cpu.TWO_SEEDS else [0])
+    # The comparisons of the paper: input scale, LAP, encodings, weighting, prediction, tanh.
+    assert {"scale_b1.0", "lap_none", "lap_random", "lap_different"} <= set(names)
+    assert {"enc_onehot", "enc_rgb", "weight_uniform", "pred_eps", "act_none"} <= set(names)
+
+
+def _entry(name, seed, ari, **extra):
+    return {
+        "name": name,
+        "seed": seed,
+        "ari_vs_all": ari,
+        "hiou_e_vs_all": ari / 2,
+        "max_ari": ari + 0.1,
+        "ged_ari": 1 - ari,
+        **extra,
+    }
+
+
+def test_table_reports_mean_spread_and_failures():
+    entries = [
+        _entry("paper", 0, 0.30),
+        _entry("paper", 1, 0.20),
+        _entry("pred_eps", 0, 0.10),
+        {"name": "scale_b1.0", "seed": 0, "failed": "exit 1: loss is NaN"},
+        _entry("scale_b1.0", 1, 0.05),
+    ]
+    rows = {line.split("|")[1].strip(): line for line in ablations.table(entries).splitlines()}
+    assert "0.250 +- 0.050" in rows["paper"]  # mean and half the seed difference
+    assert "| 0,1 |" in rows["paper"]
+    assert "0.100" in rows["pred_eps"] and "+-" not in rows["pred_eps"]
+    assert "seed 0 failed (exit 1: loss is NaN)" in rows["scale_b1.0"]
+    assert "0.050" in rows["scale_b1.0"]
+    assert "n/a" in rows["enc_rgb"]  # not run: shown, not dropped
+
+
+def test_unknown_run_name_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["ablations.py", f"--workdir={tmp_path}", "--only=nope"])
+    with pytest.raises(SystemExit, match="unknown runs"):
+        ablations.main()
