@@ -531,6 +531,9 @@ _MANUAL_DIR = flags.DEFINE_string(
 _TUNE_IMAGES = flags.DEFINE_integer(
     "tune_images", 200, "Train images (a seeded draw) used for tuning; 0 = the whole split."
 )
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 128, "Evaluation size in px (longest side), as the model's `image_size`."
+)
 _METHODS = flags.DEFINE_list("methods", [], "Methods to run (default: every method of GRIDS).")
 _WORKERS = flags.DEFINE_integer("workers", 2, "Segmentation worker processes (1 = in-process).")
 _OUTPUT = flags.DEFINE_string("output", "", "Write every result as JSON here ('' = do not).")
@@ -654,7 +657,7 @@ def main(argv):
     clock = _Clock()
     from bitseg_jax import input_pipeline  # lazy: see `load_split`.
 
-    config = eval_config(_DATA_DIR.value, _MANUAL_DIR.value)
+    config = eval_config(_DATA_DIR.value, _MANUAL_DIR.value, _IMAGE_SIZE.value)
     num_classes = input_pipeline.num_classes(config)
     tune_images = _TUNE_IMAGES.value or None
     results: dict[str, Any] = {

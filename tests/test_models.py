@@ -356,7 +356,6 @@ def test_params_mismatch_is_reported():
         )
 
 
-
 _CONV_HLO = """
 import os, jax, jax.numpy as jnp
 {import_line}
