@@ -128,7 +128,9 @@ def _manager(directory: epath.Path, items: dict, max_to_keep: int | None, *, rea
         read_only=read_only,
     )
     handlers = {name: handler() for name, handler in items.items()}
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    # Orbax's array writer wants an absolute path: a relative workdir (`--workdir=runs/x`) would
+    # pass every check here and fail inside the first async save.
+    return ocp.CheckpointManager(directory.absolute(), options=options, item_handlers=handlers)
 
 
 class Checkpointer:

@@ -120,3 +120,20 @@ def test_load_npz_params(tmp_path):
     np.savez(tmp_path / "bad.npz", **flat)
     with pytest.raises(ValueError, match="'out/bias'.*missing"):
         checkpointing.load_npz_params(tmp_path / "bad.npz", params)
+
+
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    """`--workdir=runs/x` is relative: orbax's writer needs absolute paths (made so here)."""
+    monkeypatch.chdir(tmp_path)
+    config = base.get_config("tiny")
+    mesh = sharding.create_mesh()
+    state = jax.device_put(_state(jax.random.key(0)), sharding.replicated(mesh))
+    ckpt = checkpointing.Checkpointer("runs/x", config)
+    ckpt.save(3, state)
+    ckpt.close()
+    ckpt = checkpointing.Checkpointer("runs/x", config)
+    assert ckpt.latest_step() == 3
+    _assert_trees_equal(ckpt.restore(_abstract(state, mesh)), state)
+    ckpt.close()
+    params, step = checkpointing.restore_params("runs/x")
+    assert step == 3
