@@ -1,10 +1,10 @@
 r"""The paper's ablations at small scale on BSDS500: train, evaluate and tabulate every run.
 
 Runs every entry of configs/sweeps/ablation_cpu.py (configs/ablation_cpu.py plus one change) as
-`python -m bitseg_jax.main` (training), then `--mode=eval --eval_setup=vali8` (all 100 BSDS500
-validation images, 8 samples each, scored against every annotator) and prints a Markdown table:
+`python -m bitseg_jax.main` (training), then `--mode=eval --eval_setup='64x3[vali]'` (64 BSDS500
+validation images, 3 samples each, scored against every annotator) and prints a Markdown table:
 per row the mean over seeds and, with two seeds, the spread (half the difference). A run whose
-`eval/vali8.json` exists is not run again, so a killed sweep resumes; a failed run is reported
+`eval/64x3[vali].json` exists is not run again, so a killed sweep resumes; a failed run is reported
 as failed with its log's last line, not dropped.
 
 Command (from the repo root; about 7 minutes per run and core on a 2-core CPU, two runs at
@@ -28,12 +28,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from configs.sweeps import ablation_cpu
 
-SETUP = "vali8"
+SETUP = "64x3[vali]"
 # Reported columns: (eval JSON key, header). *_vs_all: mean over annotators; best_*: best one.
 COLUMNS = (
     ("ari_vs_all", "ARI"),
     ("hiou_e_vs_all", "IoU (hiou_e)"),
-    ("max_ari", "best-of-8 ARI"),
+    ("max_ari", "best-of-3 ARI"),
     ("ged_ari", "GED (1-ARI)"),
 )
 

@@ -137,3 +137,4 @@ def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
     ckpt.close()
     params, step = checkpointing.restore_params("runs/x")
     assert step == 3
+    _assert_trees_equal(params, state.params)
