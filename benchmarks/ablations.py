@@ -5,7 +5,8 @@ Runs every entry of configs/sweeps/ablation_cpu.py (configs/ablation_cpu.py plus
 validation images, 3 samples each, scored against every annotator) and prints a Markdown table:
 per row the mean over seeds and, with two seeds, the spread (half the difference). A run whose
 `eval/64x3[vali].json` exists is not run again, so a killed sweep resumes; a failed run is reported
-as failed with its log's last line, not dropped.
+as failed with its log's last line, not dropped. Several drivers may share a workdir (say,
+one per core started at different times): each run is locked by the driver that runs it.
 
 Command (from the repo root; about 7 minutes per run and core on a 2-core CPU, two runs at
 a time, one per core):
@@ -16,6 +17,7 @@ a time, one per core):
 
 import argparse
 import concurrent.futures
+import fcntl
 import json
 import os
 import pathlib
@@ -53,8 +55,23 @@ def run_one(name: str, overrides: dict, root: pathlib.Path, cpu: int | None) -> 
     workdir = root / f"{name}_s{seed}"
     workdir.mkdir(parents=True, exist_ok=True)
     result = workdir / "eval" / f"{SETUP}.json"
-    log = workdir / "log.txt"
     entry = {"name": name, "seed": seed, "workdir": str(workdir), "overrides": overrides}
+    if result.exists():
+        return {**entry, **json.loads(result.read_text())}
+    # A second driver (e.g. started on another core later) skips the runs this one holds; the
+    # lock goes with the process, so a killed driver leaves none behind.
+    lock = (workdir / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return {**entry, "skipped": "running in another driver"}
+    with lock:
+        return _train_and_eval(entry, overrides, workdir, result, cpu)
+
+
+def _train_and_eval(entry, overrides, workdir, result, cpu) -> dict:
+    log = workdir / "log.txt"
     if not result.exists():
         flags = [f"--config.{k}={v}" for k, v in overrides.items()]
         base = [sys.executable, "-m", "bitseg_jax.main", f"--workdir={workdir}"]
@@ -75,7 +92,7 @@ def table(entries: list[dict]) -> str:
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     for name, _ in ablation_cpu.ABLATIONS:
         rows = [e for e in entries if e["name"] == name]
-        done = [e for e in rows if "failed" not in e]
+        done = [e for e in rows if "failed" not in e and "skipped" not in e]
         cells = []
         for key, _ in COLUMNS:
             values = [e[key] for e in done if key in e]

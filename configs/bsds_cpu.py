@@ -29,7 +29,7 @@ import ml_collections
 from configs import base
 
 # ../shared/data next to the repository (the development machine's layout).
-SHARED_DATA = os.path.normpath(
+SHARED_DATA = os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 )
 

@@ -51,3 +51,21 @@ def test_unknown_run_name_is_refused(monkeypatch, tmp_path):
     monkeypatch.setattr("sys.argv", ["ablations.py", f"--workdir={tmp_path}", "--only=nope"])
     with pytest.raises(SystemExit, match="unknown runs"):
         ablations.main()
+
+
+def test_run_one_skips_a_run_locked_by_another_driver_and_reads_finished_ones(tmp_path):
+    import fcntl
+    import json
+
+    overrides = {"seed": 0}
+    workdir = tmp_path / "paper_s0"
+    workdir.mkdir()
+    with (workdir / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        entry = ablations.run_one("paper", overrides, tmp_path, cpu=None)
+    assert entry["skipped"] == "running in another driver"
+    result = workdir / "eval" / f"{ablations.SETUP}.json"
+    result.parent.mkdir()
+    result.write_text(json.dumps({"ari_vs_all": 0.25}))
+    entry = ablations.run_one("paper", overrides, tmp_path, cpu=None)
+    assert entry["ari_vs_all"] == 0.25 and "skipped" not in entry
