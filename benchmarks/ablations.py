@@ -57,7 +57,7 @@ def run_one(name: str, overrides: dict, root: pathlib.Path, cpu: int | None) -> 
     result = workdir / "eval" / f"{SETUP}.json"
     entry = {"name": name, "seed": seed, "workdir": str(workdir), "overrides": overrides}
     if result.exists():
-        return {**entry, **json.loads(result.read_text())}
+        return {**json.loads(result.read_text()), **entry}  # the run's seed, not the eval's
     # A second driver (e.g. started on another core later) skips the runs this one holds; the
     # lock goes with the process, so a killed driver leaves none behind.
     lock = (workdir / ".lock").open("w")
@@ -83,7 +83,7 @@ def _train_and_eval(entry, overrides, workdir, result, cpu) -> dict:
         if rc != 0:
             last = log.read_text().strip().splitlines()[-1:] or [""]
             return {**entry, "failed": f"exit {rc}: {last[0][:200]}"}
-    return {**entry, **json.loads(result.read_text())}
+    return {**json.loads(result.read_text()), **entry}  # the run's seed, not the eval's
 
 
 def table(entries: list[dict]) -> str:

@@ -66,6 +66,7 @@ def test_run_one_skips_a_run_locked_by_another_driver_and_reads_finished_ones(tm
     assert entry["skipped"] == "running in another driver"
     result = workdir / "eval" / f"{ablations.SETUP}.json"
     result.parent.mkdir()
-    result.write_text(json.dumps({"ari_vs_all": 0.25}))
+    result.write_text(json.dumps({"ari_vs_all": 0.25, "seed": 123}))  # the eval's own seed
     entry = ablations.run_one("paper", overrides, tmp_path, cpu=None)
     assert entry["ari_vs_all"] == 0.25 and "skipped" not in entry
+    assert entry["seed"] == 0  # the run's seed wins
