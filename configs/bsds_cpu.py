@@ -27,9 +27,7 @@ import ml_collections
 from configs import base
 
 # ../shared/data next to the repository (the development machine's layout).
-SHARED_DATA = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-)
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 
 
 def get_config() -> ml_collections.ConfigDict:
