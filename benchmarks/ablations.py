@@ -56,33 +56,25 @@ def run_one(name: str, overrides: dict, root: pathlib.Path, cpu: int | None) -> 
     workdir.mkdir(parents=True, exist_ok=True)
     result = workdir / "eval" / f"{SETUP}.json"
     entry = {"name": name, "seed": seed, "workdir": str(workdir), "overrides": overrides}
-    if result.exists():
-        return {**json.loads(result.read_text()), **entry}  # the run's seed, not the eval's
-    # A second driver (e.g. started on another core later) skips the runs this one holds; the
+    # A second driver (e.g. started on another core later) skips the run this one holds; the
     # lock goes with the process, so a killed driver leaves none behind.
-    lock = (workdir / ".lock").open("w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        return {**entry, "skipped": "running in another driver"}
-    with lock:
-        return _train_and_eval(entry, overrides, workdir, result, cpu)
-
-
-def _train_and_eval(entry, overrides, workdir, result, cpu) -> dict:
-    log = workdir / "log.txt"
-    if not result.exists():
-        flags = [f"--config.{k}={v}" for k, v in overrides.items()]
-        base = [sys.executable, "-m", "bitseg_jax.main", f"--workdir={workdir}"]
-        t0 = time.time()
-        rc = _run([*base, f"--config={ablation_cpu.BASE_CONFIG}", *flags], log, cpu)
-        entry["train_s"] = time.time() - t0
-        if rc == 0:
-            rc = _run([*base, "--mode=eval", f"--eval_setup={SETUP}"], log, cpu)
-        if rc != 0:
-            last = log.read_text().strip().splitlines()[-1:] or [""]
-            return {**entry, "failed": f"exit {rc}: {last[0][:200]}"}
+    with (workdir / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {**entry, "skipped": "running in another driver"}
+        if not result.exists():
+            log = workdir / "log.txt"
+            flags = [f"--config.{k}={v}" for k, v in overrides.items()]
+            base = [sys.executable, "-m", "bitseg_jax.main", f"--workdir={workdir}"]
+            t0 = time.time()
+            rc = _run([*base, f"--config={ablation_cpu.BASE_CONFIG}", *flags], log, cpu)
+            entry["train_s"] = time.time() - t0
+            if rc == 0:
+                rc = _run([*base, "--mode=eval", f"--eval_setup={SETUP}"], log, cpu)
+            if rc != 0:
+                last = log.read_text().strip().splitlines()[-1:] or [""]
+                return {**entry, "failed": f"exit {rc}: {last[0][:200]}"}
     return {**json.loads(result.read_text()), **entry}  # the run's seed, not the eval's
 
 

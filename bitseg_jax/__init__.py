@@ -12,19 +12,20 @@ __version__ = "0.1.0"
 # (benchmarks/RESULTS.md). An empty fusion-type list turns them off. The flag only touches the
 # CPU backend (TPU and GPU ignore it); it is left out when the user's XLA_FLAGS already names it
 # and for other jaxlib versions, which may not know it (XLA aborts on an unknown flag).
-_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+_YNN_FLAG_NAME = "--xla_cpu_experimental_ynn_fusion_type"
+_YNN_JAXLIB = "0.10."  # jaxlib versions (prefix) known to have the flag
 
 
 def _set_xla_cpu_flags() -> None:
     flags = os.environ.get("XLA_FLAGS", "")
-    if _YNN_FLAG.split("=")[0] in flags:
+    if _YNN_FLAG_NAME in flags:
         return
     try:
         jaxlib_version = metadata.version("jaxlib")
     except metadata.PackageNotFoundError:
         return
-    if jaxlib_version.startswith("0.10."):
-        os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG}".strip()
+    if jaxlib_version.startswith(_YNN_JAXLIB):
+        os.environ["XLA_FLAGS"] = f"{flags} {_YNN_FLAG_NAME}=".strip()
 
 
 _set_xla_cpu_flags()
