@@ -20,6 +20,7 @@ import functools
 import io
 import json
 import pathlib
+import re
 from collections.abc import Callable, Iterator, Mapping
 
 import jax
@@ -301,18 +302,28 @@ class Evaluator:
             keep = np.asarray(batch["_mask"], bool)
             if not keep.any():
                 continue
+            # Scored at the annotations' size E: each image's samples are cropped to their
+            # content at S and nearest-upsampled to its content at E (a no-op when E = S).
             valid = np.asarray(batch["valid"], bool)[keep]
+            eval_valid = np.asarray(batch["eval_valid"], bool)[keep]
             annotations = np.asarray(batch["annotations"], np.int32)[keep]
-            pred = pred[keep]
-            scores = self._score(pred, annotations, valid)
+            pred = _to_eval_size(pred[keep], valid, eval_valid)
+            scores = self._score(pred, annotations, eval_valid)
             scores["likelihood"] = likelihood[keep].mean(1)
             for name, value in scores.items():
                 add(name, value)
-            for i in range(min(int(keep.sum()), NUM_VIS_IMAGES - len(vis_rows))):
-                image = np.asarray(batch["image"])[keep][i]
-                vis_rows.append(
-                    self._vis_row(image, annotations[i, 0], valid[i], pred[i], entropy[keep][i])
-                )
+            num_vis = min(int(keep.sum()), NUM_VIS_IMAGES - len(vis_rows))
+            if num_vis > 0:
+                vis = slice(0, num_vis)
+                images = np.moveaxis(np.asarray(batch["image"])[keep][vis], -1, 1)
+                images = np.moveaxis(_to_eval_size(images, valid[vis], eval_valid[vis]), 1, -1)
+                entropies = _to_eval_size(entropy[keep][vis], valid[vis], eval_valid[vis])
+                for i in range(num_vis):
+                    vis_rows.append(
+                        self._vis_row(
+                            images[i], annotations[i, 0], eval_valid[i], pred[i], entropies[i]
+                        )
+                    )
 
         if not sums:
             raise ValueError(f"Split {self.split!r} gave no images to evaluate.")
@@ -353,9 +364,9 @@ class Evaluator:
         """Per-image scores (SPEC 8) of kept rows.
 
         Args:
-          pred: int32 [n, N, S, S] samples, ≥ 0.
-          annotations: int32 [n, A, S, S]; annotator 0 is the ground truth.
-          valid: bool [n, S, S].
+          pred: int32 [n, N, E, E] samples, ≥ 0, at the scoring size E.
+          annotations: int32 [n, A, E, E]; annotator 0 is the ground truth.
+          valid: bool [n, E, E].
 
         Returns:
           {name: float [n]} (and [n, N] best-of-n curves under "_best_of_n_*").
@@ -404,6 +415,22 @@ class Evaluator:
             np.where(valid, uncertainty, np.nan),
             vmax=vmax,
         )
+
+
+def _to_eval_size(maps: np.ndarray, valid: np.ndarray, eval_valid: np.ndarray) -> np.ndarray:
+    """maps [n, ..., S, S] -> [n, ..., E, E]: per image, the content at S (`valid` [n, S, S])
+    nearest-resized to the content at E (`eval_valid` [n, E, E]), 0 outside; E = S: as is."""
+    if maps.shape[-2:] == eval_valid.shape[-2:]:
+        return maps
+    canvas = eval_valid.shape[-2:]
+    return np.stack(
+        [
+            visualize.resize_content(
+                m, visualize.content_shape(v), visualize.content_shape(ev), canvas
+            )
+            for m, v, ev in zip(maps, valid, eval_valid, strict=True)
+        ]
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("name", "num_bits"))
@@ -566,14 +593,16 @@ def run_eval(
     setup: str,
     step: int | None = None,
     which: str = "latest",
+    tag: str = "",
 ) -> dict:
     """Restores a checkpoint of `workdir`, runs a named setup and writes its results.
 
-    Writes (process 0 only) `<workdir>/eval/<setup>.json` with the setup's settings and
-    metrics (sweeps: `"results"`, one entry per swept value), and for sweeps also
-    `<setup>.csv` and `<setup>.png` (paper Figs. 4, 5 or 6). Single runs also write
-    `<setup>_samples.png` (the Evaluator's image grid). `config.eval.max_images` > 0 caps the
-    images of every run, to shrink a setup.
+    Writes (process 0 only) `<workdir>/eval/<name>.json`, name = `<setup>` or
+    `<setup>_<tag>`, with the setup's settings, the data set and scoring size, and the
+    metrics (sweeps: `"results"`, one entry per swept value), and for sweeps also `<name>.csv`
+    and `<name>.png` (paper Figs. 4, 5 or 6). Single runs also write `<name>_samples.png` (the
+    Evaluator's image grid). `config.eval.max_images` > 0 caps the images of every run, to
+    shrink a setup.
 
     Args:
       config: the run's config.
@@ -581,10 +610,15 @@ def run_eval(
       setup: a key of `SETUPS`.
       step: checkpoint step; None = the newest of `which`.
       which: "latest" | "best" (see `checkpointing.restore_params`).
+      tag: suffix of the output files, so that evaluations of one setup on other data or at
+        another size do not overwrite each other (letters, digits, ".", "-", "_").
 
     Returns:
       The dict written to the JSON file.
     """
+    if tag and not re.fullmatch(r"[A-Za-z0-9._-]+", tag):
+        raise ValueError(f"Eval tag {tag!r}: use letters, digits, '.', '-' and '_' only.")
+    name = f"{setup}_{tag}" if tag else setup
     spec = get_setup(setup)
     use_ema = bool(config.eval.use_ema)
     runs = _evaluators(config, spec, use_ema)
@@ -599,7 +633,15 @@ def run_eval(
         f"the {which} checkpoint (step {ckpt_step}) of workdir {workdir}",
     )
     logging.info("Eval setup %s on %s checkpoint %d of %s.", setup, which, ckpt_step, workdir)
-    record = {"setup": setup, "step": int(ckpt_step), "which": which, "use_ema": use_ema}
+    record = {
+        "setup": setup,
+        "step": int(ckpt_step),
+        "which": which,
+        "use_ema": use_ema,
+        "dataset": str(config.data.datasets[0]),
+        "image_size": int(config.model.image_size),
+        "eval_image_size": input_pipeline.eval_image_size(config),
+    }
     results = []
     for value, evaluator in runs:
         scores = evaluator.run(params)
@@ -624,16 +666,16 @@ def run_eval(
     if jax.process_index() == 0:
         out_dir = epath.Path(workdir) / "eval"
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{setup}.json").write_text(json.dumps(record, indent=2))
+        (out_dir / f"{name}.json").write_text(json.dumps(record, indent=2))
         if spec.sweep is None:
             if runs[0][1].images is not None:
-                _write_png(out_dir / f"{setup}_samples.png", runs[0][1].images)
+                _write_png(out_dir / f"{name}_samples.png", runs[0][1].images)
         else:
-            (out_dir / f"{setup}.csv").write_text(_to_csv(results))
-            figure = _PLOTS[spec.plot](out_dir, setup, record)
+            (out_dir / f"{name}.csv").write_text(_to_csv(results))
+            figure = _PLOTS[spec.plot](out_dir, setup, record, tag)
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-            (out_dir / f"{setup}.png").write_bytes(buffer.getvalue())
+            (out_dir / f"{name}.png").write_bytes(buffer.getvalue())
     return record
 
 
@@ -677,14 +719,16 @@ def _plain_ticks(ax, values) -> None:
     ax.minorticks_off()
 
 
-def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> Figure:
-    """Fig. 4: metric vs sampling steps; DDPM and DDIM curves when both sweeps exist."""
+def _plot_steps(out_dir: epath.Path, setup: str, record: dict, tag: str) -> Figure:
+    """Fig. 4: metric vs sampling steps; DDPM and DDIM curves when both sweeps exist (with
+    the same tag)."""
     curves = {}
     for name in ("sweeps[ts]", "sweeps[ts][ddim]"):
+        path = out_dir / (f"{name}_{tag}.json" if tag else f"{name}.json")
         if name == setup:
             curves[name] = record
-        elif (out_dir / f"{name}.json").exists():
-            curves[name] = json.loads((out_dir / f"{name}.json").read_text())
+        elif path.exists():
+            curves[name] = json.loads(path.read_text())
     fig = Figure(figsize=(9, 3.5))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, _METRIC_LABELS):
@@ -701,9 +745,9 @@ def _plot_steps(out_dir: epath.Path, setup: str, record: dict) -> Figure:
     return fig
 
 
-def _plot_guidance(out_dir: epath.Path, setup: str, record: dict) -> Figure:
+def _plot_guidance(out_dir: epath.Path, setup: str, record: dict, tag: str) -> Figure:
     """Fig. 5: metric vs guidance weight, the best value marked."""
-    del out_dir, setup
+    del out_dir, setup, tag
     fig = Figure(figsize=(9, 3.5))
     axes = fig.subplots(1, 2)
     values = np.asarray(record["values"], np.float64)
@@ -722,9 +766,9 @@ def _plot_guidance(out_dir: epath.Path, setup: str, record: dict) -> Figure:
     return fig
 
 
-def _plot_best_of_n(out_dir: epath.Path, setup: str, record: dict) -> Figure:
+def _plot_best_of_n(out_dir: epath.Path, setup: str, record: dict, tag: str) -> Figure:
     """Fig. 6: best-of-N (oracle) score vs N, one curve per guidance weight."""
-    del out_dir, setup
+    del out_dir, setup, tag
     fig = Figure(figsize=(9, 3.5))
     axes = fig.subplots(1, 2)
     for ax, key in zip(axes, _METRIC_LABELS):

@@ -390,10 +390,16 @@ def _resize_content(image: tf.Tensor, labels: tf.Tensor | None, image_size: int)
         )
     )
     if labels is not None:
-        labels = tf.cond(
-            unchanged, lambda: labels, lambda: tf.image.resize(labels, size, method="nearest")
-        )
+        labels = _resize_labels(labels, size)
     return image, labels, new_h, new_w
+
+
+def _resize_labels(labels: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Nearest resize of int32 labels [H, W, C] to `size` = [h', w'] (a no-op when equal)."""
+    unchanged = tf.reduce_all(tf.equal(size, tf.shape(labels)[:2]))
+    return tf.cond(
+        unchanged, lambda: labels, lambda: tf.image.resize(labels, size, method="nearest")
+    )
 
 
 def _pad_image(content: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -640,8 +646,12 @@ def preprocess_eval(
     image_size: int,
     mask_padding: bool,
     num_annotators: int,
+    eval_size: int | None = None,
 ) -> dict[str, tf.Tensor]:
     """One evaluation example up to the host-side merge + palette (SPEC 2.3 steps 2-4).
+
+    The model sees the image at S; the annotations it is scored against are resized (SPEC 2.3
+    step 2, nearest) and padded at the scoring size E, which may be larger (`eval_size`).
 
     Args:
         example: raw example (see `RawSource.decode`).
@@ -649,12 +659,14 @@ def preprocess_eval(
         image_size: S.
         mask_padding: pad labels with -1 instead of segment 0 (SPEC B1).
         num_annotators: A_max; examples with more annotators raise.
+        eval_size: E (None: S).
 
     Returns:
-        {"image": uint8 [S, S, 3], "label": int32 [S, S] (annotator 0), "annotations": int32
-        [A_max, S, S] (-1 for absent annotators), "valid": bool [S, S], "orig_size": int32 [2],
-        "id": string, "_mask": bool, "palette_seed": int64}.
+        {"image": uint8 [S, S, 3], "label": int32 [S, S] (annotator 0), "valid": bool [S, S],
+        "annotations": int32 [A_max, E, E] (-1 for absent annotators), "eval_valid": bool
+        [E, E], "orig_size": int32 [2], "id": string, "_mask": bool, "palette_seed": int64}.
     """
+    eval_size = image_size if eval_size is None else int(eval_size)
     example_id = example["id"]
     image = _check_image(example["image"], example_id)
     segs = _check_segmentations(example["segmentations"], image, example_id)
@@ -666,17 +678,22 @@ def preprocess_eval(
     with tf.control_dependencies([check]):
         labels = tf.transpose(segs, [1, 2, 0])  # [H, W, A]: annotators resize as channels.
     orig_size = tf.shape(image)[:2]
-    image, labels, new_h, new_w = _resize_content(image, labels, image_size)
-    labels = _pad_labels(labels, image_size, -1 if mask_padding else 0)
-    annotations = tf.transpose(labels, [2, 0, 1])
+    pad_value = -1 if mask_padding else 0
+    content, model_labels, new_h, new_w = _resize_content(image, labels[..., :1], image_size)
+    eval_h, eval_w = resized_shape(orig_size[0], orig_size[1], eval_size)
+    eval_labels = _pad_labels(
+        _resize_labels(labels, tf.stack([eval_h, eval_w])), eval_size, pad_value
+    )
+    annotations = tf.transpose(eval_labels, [2, 0, 1])
     annotations = tf.pad(
         annotations, [[0, num_annotators - num], [0, 0], [0, 0]], constant_values=-1
     )
     return {
-        "image": _pad_image(image, image_size),
-        "label": labels[..., 0],
-        "annotations": tf.ensure_shape(annotations, [num_annotators, image_size, image_size]),
+        "image": _pad_image(content, image_size),
+        "label": _pad_labels(model_labels[..., :1], image_size, pad_value)[..., 0],
+        "annotations": tf.ensure_shape(annotations, [num_annotators, eval_size, eval_size]),
         "valid": valid_mask(new_h, new_w, image_size),
+        "eval_valid": valid_mask(eval_h, eval_w, eval_size),
         "orig_size": tf.cast(orig_size, tf.int32),
         "id": example_id,
         "_mask": tf.constant(True),
@@ -785,7 +802,7 @@ def _host_palette_eval(batch: dict[str, tf.Tensor], options: _PaletteOptions):
             batch["label"],
             batch["palette_seed"],
             batch["annotations"],
-            batch["valid"],
+            batch["eval_valid"],
             batch["_mask"],
         ],
         (tf.int32, tf.int32),
@@ -1033,6 +1050,18 @@ def _read_indices(source: RawSource, indices: np.ndarray) -> tf.data.Dataset:
     return records.filter(tf.autograph.experimental.do_not_convert(lambda i, record: keep[i]))
 
 
+def eval_image_size(config: ml_collections.ConfigDict) -> int:
+    """E, the size at which evaluation scores: `config.eval.image_size`, or the model's size S
+    when it is 0 or absent (configs saved before the field existed). E < S raises."""
+    size = int(config.eval.get("image_size", 0)) or int(config.model.image_size)
+    if size < int(config.model.image_size):
+        raise ValueError(
+            f"config.eval.image_size={size} is smaller than config.model.image_size="
+            f"{config.model.image_size}; scoring is at the model's size or larger (0 = same)."
+        )
+    return size
+
+
 def eval_dataset(
     source: RawSource,
     config: ml_collections.ConfigDict,
@@ -1061,15 +1090,17 @@ def eval_dataset(
 
     Returns:
         `tf.data.Dataset` of {"image": float32 [b, S, S, 3], "label": int32 [b, S, S],
-        "valid": bool [b, S, S], "annotations": int32 [b, A_max, S, S], "_mask": bool [b],
-        "orig_size": int32 [b, 2], "id": string [b]}. Padding rows: zeros, `valid` False,
-        `annotations` -1, `id` "".
+        "valid": bool [b, S, S], "annotations": int32 [b, A_max, E, E], "eval_valid": bool
+        [b, E, E], "_mask": bool [b], "orig_size": int32 [b, 2], "id": string [b]}, where E is
+        the scoring size (`eval_image_size`). Padding rows: zeros, `valid` and `eval_valid`
+        False, `annotations` -1, `id` "".
     """
     key = "config.eval.batch_size" if batch_size is None else "batch_size"
     global_batch = config.eval.batch_size if batch_size is None else batch_size
     local_batch = _local_batch_size(int(global_batch), process_count, key)
     options = _PaletteOptions.from_config(config)
     image_size = int(config.model.image_size)
+    eval_size = eval_image_size(config)
     if num_annotators is None:
         num_annotators = max_annotators(source)
     if num_annotators < 1:
@@ -1090,15 +1121,17 @@ def eval_dataset(
             image_size=image_size,
             mask_padding=bool(config.data.mask_padding),
             num_annotators=num_annotators,
+            eval_size=eval_size,
         )
 
     ds = _map(_read_indices(source, indices[lo:hi]), preprocess)
-    s = image_size
+    s, e = image_size, eval_size
     padding = {
         "image": tf.zeros([s, s, 3], tf.uint8),
         "label": tf.zeros([s, s], tf.int32),
-        "annotations": tf.fill([num_annotators, s, s], -1),
+        "annotations": tf.fill([num_annotators, e, e], -1),
         "valid": tf.zeros([s, s], tf.bool),
+        "eval_valid": tf.zeros([e, e], tf.bool),
         "orig_size": tf.zeros([2], tf.int32),
         "id": tf.constant(""),
         "_mask": tf.constant(False),

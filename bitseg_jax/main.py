@@ -5,6 +5,8 @@ python -m bitseg_jax.main --config=configs/quickstart.py --workdir=workdirs/quic
 # Evaluate a named setup (evaluation.SETUPS) on the latest checkpoint; the config defaults to
 # the workdir's config.json:
 python -m bitseg_jax.main --mode=eval --workdir=workdirs/quickstart --eval_setup=vali
+# ... on another data set or scoring size: pass --config with overrides and an --eval_tag, so
+# the results go to eval/<setup>_<tag>.json instead of overwriting eval/<setup>.json.
 # Export weights (.npz + config JSON) and the jax.export'ed sampler:
 python -m bitseg_jax.main --mode=export --workdir=workdirs/quickstart --out=exported/
 # Multi-host (Cloud TPU pods, GPU clusters; see launch/): add --multihost on every host.
@@ -34,6 +36,12 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (--multihost; e
 flags.DEFINE_integer("process_id", None, "This process's index (--multihost; else auto).")
 flags.DEFINE_string("eval_setup", "vali", "--mode=eval: a named setup of evaluation.SETUPS.")
 flags.DEFINE_enum("eval_which", "latest", ("latest", "best"), "--mode=eval: which checkpoint.")
+flags.DEFINE_string(
+    "eval_tag",
+    "",
+    "--mode=eval: suffix of the result files (eval/<setup>_<tag>.json), e.g. the data set name "
+    "when evaluating on another one.",
+)
 flags.DEFINE_string("out", None, "--mode=export: output folder (default: <workdir>/export).")
 
 
@@ -150,6 +158,7 @@ def main(argv):
         mode=FLAGS.mode,
         eval_setup=FLAGS.eval_setup,
         eval_which=FLAGS.eval_which,
+        eval_tag=FLAGS.eval_tag,
         out=FLAGS.out,
     )
 
@@ -161,6 +170,7 @@ def run(
     mode: str = "train",
     eval_setup: str = "vali",
     eval_which: str = "latest",
+    eval_tag: str = "",
     out: str | None = None,
 ) -> None:
     """Dispatches one mode (the flags' meaning; callable without absl, e.g. from tests).
@@ -180,7 +190,7 @@ def run(
         check_data(config)
         from bitseg_jax import evaluation
 
-        evaluation.run_eval(config, workdir, setup=eval_setup, which=eval_which)
+        evaluation.run_eval(config, workdir, setup=eval_setup, which=eval_which, tag=eval_tag)
     else:
         from bitseg_jax import export
 

@@ -181,13 +181,11 @@ class Segmenter:
         else:  # Eq. 3 and the bit entropy are defined for analog bits only.
             probs = entropy = np.full(labels.shape, np.nan, np.float32)
         # The content sits top-left (SPEC 2.3 step 4): crop it, then back to the input's size.
-        h, w = int(valid.any(1).sum()), int(valid.any(0).sum())
+        h, w = visualize.content_shape(valid)
         size = image.shape[:2]
 
         def restore(maps: np.ndarray) -> np.ndarray:
-            return np.moveaxis(
-                visualize.resize_nearest(np.moveaxis(maps[:, :h, :w], 0, -1), size), -1, 0
-            )
+            return visualize.resize_content(maps, (h, w), size)
 
         out = {"labels": restore(labels), "probs": restore(probs), "entropy": restore(entropy)}
         if num_samples > 1:

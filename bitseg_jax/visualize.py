@@ -162,6 +162,40 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return array[rows][:, cols]
 
 
+def content_shape(valid: np.ndarray) -> tuple[int, int]:
+    """(h, w) of the content that SPEC 2.3 step 4 places top-left in bool valid [S, S]."""
+    valid = np.asarray(valid, bool)
+    return int(valid.any(1).sum()), int(valid.any(0).sum())
+
+
+def resize_content(
+    maps: np.ndarray,
+    content: tuple[int, int],
+    size: tuple[int, int],
+    canvas: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Nearest-resizes the top-left `content` = (h, w) of maps [..., H, W] to `size`.
+
+    Args:
+      maps: [..., H, W] (leading axes kept).
+      content: (h, w), the region to keep, e.g. `content_shape(valid)`.
+      size: (h', w') it is resized to.
+      canvas: (H', W') ≥ size: the result sits top-left in zeros of this shape (None: size).
+
+    Returns:
+      [..., h', w'] or [..., H', W'].
+    """
+    maps = np.asarray(maps)
+    h, w = content
+    moved = np.moveaxis(maps[..., :h, :w], (-2, -1), (0, 1))
+    out = np.moveaxis(resize_nearest(moved, size), (0, 1), (-2, -1))
+    if canvas is None:
+        return out
+    full = np.zeros(maps.shape[:-2] + tuple(canvas), maps.dtype)
+    full[..., : size[0], : size[1]] = out
+    return full
+
+
 def grid(rows: list[list[np.ndarray]], *, pad: int = 2, fill: int = 255) -> np.ndarray:
     """Tiles pictures into one image, row by row (rows may differ in length).
 

@@ -110,6 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     e.num_images = 64  # images per periodic evaluation (`64x3`).
     e.num_samples = 3  # samples per image (votes).
     e.max_images = 0  # cap on the images of every `run_eval` setup (0 = the setup's own).
+    # Scoring size E: annotations are resized to E (as SPEC 2.3 does to S) and the samples
+    # nearest-upsampled to it (0 = model.image_size, the reference's protocol).
+    e.image_size = 0
     e.best_metric = "max_ari"  # metric of the first periodic eval split that picks "best".
 
     if arg:

@@ -55,16 +55,28 @@ def _example(rng: np.random.Generator, index: int, num_annotators: int) -> dict:
         "label": label,
         "valid": valid,
         "annotations": annotations,
+        "eval_valid": valid,
         "_mask": True,
         "orig_size": np.array([h, w], np.int32),
         "id": f"img{index}".encode(),
     }
 
 
-def _stream(num_images: int, num_annotators: int = 1, batch_size: int = 8):
-    """A stand-in for `create_eval_iterator`: fixed examples, last batch padded (_mask=False)."""
+def _upscaled(example: dict, factor: int) -> dict:
+    """The example with its annotations (and their valid mask) at `factor` times the model's
+    size, exactly as nearest resizing of the content makes them: each pixel a block."""
+    out = dict(example)
+    for key in ("annotations", "eval_valid"):
+        out[key] = np.repeat(np.repeat(example[key], factor, -2), factor, -1)
+    return out
+
+
+def _stream(num_images: int, num_annotators: int = 1, batch_size: int = 8, eval_scale: int = 1):
+    """A stand-in for `create_eval_iterator`: fixed examples, last batch padded (_mask=False);
+    annotations at `eval_scale` times the model's size."""
     rng = np.random.default_rng(0)
     examples = [_example(rng, i, num_annotators) for i in range(num_images)]
+    examples = [_upscaled(ex, eval_scale) for ex in examples]
 
     def create_eval_iterator(config, split, *, num_images=None, seed=0, batch_size=None):
         del config, split, seed, batch_size
@@ -115,6 +127,21 @@ def test_perfect_denoiser_scores_one(monkeypatch, perfect):
     np.testing.assert_allclose(ev.best_of_n["ari"], [1.0, 1.0], atol=1e-6)
     # 4 rows of image | GT | 2 samples | uncertainty, 32 px tiles with 2 px separators.
     assert ev.images.shape == (4 * 34 + 2, 5 * 34 + 2, 3) and ev.images.dtype == np.uint8
+
+
+def test_scoring_at_twice_the_model_size(monkeypatch, perfect):
+    # config.eval.image_size = 2 S: the pipeline gives annotations at 2 S and the evaluator
+    # upsamples the samples (at S) to them. Here the annotations are the model-size maps
+    # upsampled 2x, so a perfect sample scores 1 when scored in register with them.
+    _, stream = _stream(num_images=6, num_annotators=2, eval_scale=2)
+    monkeypatch.setattr(evaluation.input_pipeline, "create_eval_iterator", stream)
+    config = _tiny_config(image_size=2 * IMAGE_SIZE)
+    ev = evaluation.Evaluator(config, split="validation", num_images=6, num_samples=1)
+    results = ev.run({})
+    for key in ("ari", "hiou_e", "hiou", "likelihood"):
+        np.testing.assert_allclose(results[key], 1.0, atol=1e-6, err_msg=key)
+    assert results["num_images"] == 6 and results["ari_vs_all"] < 1.0
+    assert ev.images.shape == (4 * 66 + 2, 4 * 66 + 2, 3)  # tiles at the scoring size.
 
 
 def test_multi_annotator_scores_and_ged(monkeypatch, perfect):

@@ -451,6 +451,60 @@ def test_preprocess_eval_eager_equals_dataset():
     assert np.all(np.asarray(eager["annotations"])[2] == -1)  # absent third annotator
 
 
+def test_preprocess_eval_scores_at_a_larger_size():
+    # eval_size E > S: the image, `label` and `valid` are the model's (as at E = S); the
+    # annotations and `eval_valid` are what preprocessing at E itself gives.
+    rng = np.random.default_rng(12)
+    (example,) = random_examples(1, rng, size=(30, 47), annotators=(3, 3))
+    example = {k: tf.constant(v) for k, v in example.items()}
+    seed = tf.constant([3, 4], tf.int64)
+
+    def fn(size, eval_size=None):
+        return input_pipeline.preprocess_eval(
+            example,
+            seed,
+            image_size=size,
+            mask_padding=False,
+            num_annotators=4,
+            eval_size=eval_size,
+        )
+
+    both, model, large = fn(16, eval_size=40), fn(16), fn(40)
+    for key in ("image", "label", "valid"):
+        np.testing.assert_array_equal(both[key], model[key], err_msg=key)
+    np.testing.assert_array_equal(both["annotations"], large["annotations"])
+    np.testing.assert_array_equal(both["eval_valid"], large["valid"])
+    assert both["annotations"].shape == (4, 40, 40) and both["image"].shape == (16, 16, 3)
+    np.testing.assert_array_equal(model["eval_valid"], model["valid"])  # E = S by default.
+
+
+def test_eval_image_size_defaults_and_checks():
+    config = make_config()
+    assert input_pipeline.eval_image_size(config) == config.model.image_size
+    with config.unlocked():
+        config.eval.image_size = 2 * config.model.image_size
+    assert input_pipeline.eval_image_size(config) == 2 * config.model.image_size
+    batch = take(
+        input_pipeline.eval_dataset(
+            make_source(random_examples(3, np.random.default_rng(1), annotators=(1, 2))),
+            config,
+            batch_size=4,
+        ),
+        1,
+    )[0]
+    s, e = config.model.image_size, 2 * config.model.image_size
+    assert batch["image"].shape == (4, s, s, 3) and batch["valid"].shape == (4, s, s)
+    assert batch["annotations"].shape[2:] == (e, e) and batch["eval_valid"].shape == (4, e, e)
+    assert not batch["eval_valid"][3].any()  # the padding row.
+    with config.unlocked():
+        config.eval.image_size = config.model.image_size // 2
+    with pytest.raises(ValueError, match="config.eval.image_size"):
+        input_pipeline.eval_image_size(config)
+    with config.unlocked():
+        del config.eval["image_size"]  # a config.json saved before the field existed.
+    assert input_pipeline.eval_image_size(config) == config.model.image_size
+
+
 def test_eval_num_images_permutation_and_hosts():
     rng = np.random.default_rng(8)
     examples = random_examples(11, rng, annotators=(1, 2))

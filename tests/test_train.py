@@ -7,6 +7,7 @@
   multi-process test runs main.py in subprocesses).
 """
 
+import json
 import os
 import shutil
 import signal
@@ -201,6 +202,18 @@ def test_main_end_to_end(tmp_path, data_dir, full_run):
     )
     for tag in expected:
         assert tag in tags, sorted(tags)
+
+    # --mode=eval scoring at twice the model's size, written under its own tag.
+    with config.unlocked():
+        config.eval.image_size = 2 * config.model.image_size
+        config.eval.max_images = 8
+    main.run(config, str(workdir), mode="eval", eval_setup="vali", eval_tag="64px")
+    record = json.loads((workdir / "eval" / "vali_64px.json").read_text())
+    assert record["eval_image_size"] == 64 and record["image_size"] == 32
+    assert record["dataset"] == "dead_leaves/tiny" and record["num_images"] == 8
+    assert -1.0 <= record["ari"] <= 1.0 and not (workdir / "eval" / "vali.json").exists()
+    with pytest.raises(ValueError, match="Eval tag"):
+        main.run(config, str(workdir), mode="eval", eval_setup="vali", eval_tag="a/b")
 
 
 def test_main_reports_missing_data(tmp_path):

@@ -74,6 +74,19 @@ def test_denormalize_inverts_imagenet_normalisation():
     np.testing.assert_array_equal(visualize.denormalize(normalised), image)
 
 
+def test_resize_content_crops_then_resizes_onto_a_canvas():
+    maps = np.arange(2 * 16).reshape(2, 4, 4)  # content: the top-left 3 x 2 of each map.
+    out = visualize.resize_content(maps, (3, 2), (5, 3), canvas=(6, 6))
+    # Row r reads floor((r + 0.5) * 3 / 5), column c floor((c + 0.5) * 2 / 3).
+    expected = np.zeros((2, 6, 6), maps.dtype)
+    expected[:, :5, :3] = maps[:, [0, 0, 1, 2, 2]][:, :, [0, 1, 1]]
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(
+        visualize.resize_content(maps, (3, 2), (5, 3)), expected[:, :5, :3]
+    )
+    assert visualize.content_shape(np.pad(np.ones((3, 2), bool), ((0, 1), (0, 2)))) == (3, 2)
+
+
 def test_resize_nearest_up_and_down():
     labels = np.array([[0, 1], [2, 3]], np.int32)
     up = visualize.resize_nearest(labels, (4, 6))
