@@ -11,7 +11,7 @@ weights of SPEC 9.5:
   (and against every annotator on multi-annotator data) and returns means.
 * `SETUPS` names the paper's evaluation settings; `run_eval` restores a checkpoint, runs one
   setup (sweeps expand to one run per value) and writes `<workdir>/eval/<setup>.json` (+ a CSV
-  and a matplotlib figure in the style of the paper's Figs. 4-6 for sweeps).
+  and a figure of `sweep_plots`, in the style of the paper's Figs. 4-6, for sweeps).
 """
 
 import csv
@@ -32,10 +32,6 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
-
-# Figures are built with the object API (no pyplot), so importing this module never changes the
-# user's matplotlib backend (notebooks keep their inline plots) and needs no display.
-from matplotlib.figure import Figure
 
 from bitseg_jax import (
     checkpointing,
@@ -672,7 +668,7 @@ def run_eval(
                 _write_png(out_dir / f"{name}_samples.png", runs[0][1].images)
         else:
             (out_dir / f"{name}.csv").write_text(_to_csv(results))
-            figure = _PLOTS[spec.plot](out_dir, setup, record, tag)
+            figure = _sweep_figure(spec.plot, out_dir, setup, record, tag)
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
             (out_dir / f"{name}.png").write_bytes(buffer.getvalue())
@@ -706,84 +702,20 @@ def _to_csv(results: list[dict]) -> str:
     return buffer.getvalue()
 
 
-# --------------------------------------------------------------------------------------------
-# Plots (matplotlib object API) in the style of the paper's Figs. 4-6.
-# --------------------------------------------------------------------------------------------
+def _sweep_figure(kind: str, out_dir: epath.Path, setup: str, record: dict, tag: str):
+    """The sweep's figure (`sweep_plots`); the steps plot adds the other sampler's sweep when
+    `out_dir` holds it (with the same tag)."""
+    from bitseg_jax import sweep_plots  # matplotlib only when a sweep is plotted.
 
-_METRIC_LABELS = {"ari": "ARI", "hiou_e": "IoU (hiou_e)"}
-
-
-def _plain_ticks(ax, values) -> None:
-    """Ticks at the given x values, labelled 2, 8, 100 rather than 2×10⁰ on log axes."""
-    ax.set_xticks(values, [f"{v:g}" for v in values])
-    ax.minorticks_off()
-
-
-def _plot_steps(out_dir: epath.Path, setup: str, record: dict, tag: str) -> Figure:
-    """Fig. 4: metric vs sampling steps; DDPM and DDIM curves when both sweeps exist (with
-    the same tag)."""
+    if kind == "guidance":
+        return sweep_plots.guidance(record)
+    if kind == "best_of_n":
+        return sweep_plots.best_of_n(record)
     curves = {}
     for name in ("sweeps[ts]", "sweeps[ts][ddim]"):
         path = out_dir / (f"{name}_{tag}.json" if tag else f"{name}.json")
         if name == setup:
-            curves[name] = record
+            curves[SETUPS[name].sampler.upper()] = record
         elif path.exists():
-            curves[name] = json.loads(path.read_text())
-    fig = Figure(figsize=(9, 3.5))
-    axes = fig.subplots(1, 2)
-    for ax, key in zip(axes, _METRIC_LABELS):
-        for name, rec in curves.items():
-            label = SETUPS[name].sampler.upper() + f" (step {rec['step']})"
-            ax.plot(rec["values"], [r[key] for r in rec["results"]], "o-", label=label)
-        ax.set_xscale("log")
-        _plain_ticks(ax, sorted({v for rec in curves.values() for v in rec["values"]}))
-        ax.set_xlabel("sampling steps")
-        ax.set_ylabel(_METRIC_LABELS[key])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Metric vs. number of sampling steps (cf. paper Fig. 4)")
-    return fig
-
-
-def _plot_guidance(out_dir: epath.Path, setup: str, record: dict, tag: str) -> Figure:
-    """Fig. 5: metric vs guidance weight, the best value marked."""
-    del out_dir, setup, tag
-    fig = Figure(figsize=(9, 3.5))
-    axes = fig.subplots(1, 2)
-    values = np.asarray(record["values"], np.float64)
-    for ax, key in zip(axes, _METRIC_LABELS):
-        scores = np.asarray([r[key] for r in record["results"]])
-        ax.plot(values, scores, "o-")
-        best = int(np.nanargmax(scores))
-        ax.axvline(values[best], color="gray", linestyle="--", label=f"best w = {values[best]:g}")
-        ax.set_xscale("symlog", linthresh=0.1)
-        _plain_ticks(ax, list(values))
-        ax.set_xlabel("guidance weight w")
-        ax.set_ylabel(_METRIC_LABELS[key])
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"Metric vs. guidance weight, step {record['step']} (cf. paper Fig. 5)")
-    return fig
-
-
-def _plot_best_of_n(out_dir: epath.Path, setup: str, record: dict, tag: str) -> Figure:
-    """Fig. 6: best-of-N (oracle) score vs N, one curve per guidance weight."""
-    del out_dir, setup, tag
-    fig = Figure(figsize=(9, 3.5))
-    axes = fig.subplots(1, 2)
-    for ax, key in zip(axes, _METRIC_LABELS):
-        for value, result in zip(record["values"], record["results"]):
-            curve = result[f"best_of_n_{key}"]
-            ax.plot(np.arange(1, len(curve) + 1), curve, "o-", label=f"w = {value:g}")
-        ax.set_xscale("log", base=2)
-        num = max(len(r[f"best_of_n_{key}"]) for r in record["results"])
-        _plain_ticks(ax, [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= num])
-        ax.set_xlabel("samples per image N")
-        ax.set_ylabel(f"best-of-N {_METRIC_LABELS[key]}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"Best-of-N vs. N per guidance weight, step {record['step']} (cf. paper Fig. 6)")
-    return fig
-
-
-_PLOTS = {"steps": _plot_steps, "guidance": _plot_guidance, "best_of_n": _plot_best_of_n}
+            curves[SETUPS[name].sampler.upper()] = json.loads(path.read_text())
+    return sweep_plots.steps(curves)
