@@ -306,13 +306,16 @@ def split_from_batches(name: str, batches) -> Split:
 def eval_config(data_dir: str, manual_dir: str, image_size: int = 128):
     """configs/bsds_cpu.py with the model's image size and the given TFDS / manual dirs.
 
-    The data set is chosen per call (`load_split`'s `dataset`), not by `config.data.datasets`.
+    The methods segment the image at `image_size` and are scored there (the annotations at the
+    same size, whatever the recipe's `eval.image_size`). The data set is chosen per call
+    (`load_split`'s `dataset`), not by `config.data.datasets`.
     """
     from configs import bsds_cpu  # lazy: see `load_split`.
 
     config = bsds_cpu.get_config()
     with config.unlocked():
         config.model.image_size = image_size
+        config.eval.image_size = image_size
         config.data.data_dir = data_dir
         config.data.manual_dir = manual_dir
         config.eval.batch_size = 32

@@ -11,13 +11,16 @@ Elsewhere, point `--config.data.manual_dir` at the folder that holds `BSDS500/` 
 
 Data: a 3:1 mixture of BSDS500 train (200 photographs; each of their 4-9 annotations is a
 target) and DSB2018 train (496 microscopy images); evaluation and the best checkpoint use the
-first, BSDS500 validation (`eval/max_ari`, 64 images x 3 samples every 1,000 steps).
+first, BSDS500 validation (`eval/max_ari`, 64 images x 3 samples every 1,000 steps). The model
+runs at 64 px; evaluation scores at 128 px (`eval.image_size`: samples nearest-upsampled to
+the annotations' size, as the classical baselines of docs/results_bsds.md are scored).
 
-Hardware and runtime (measured 2026-12-03): 0.51 steps/s pinned to one core of a 2-core CPU,
-so the 2,000 steps take about 66 minutes with the two periodic evaluations. Result: BSDS500
-validation ARI 0.118 (mean over annotators, `--eval_setup=vali8`), far below the classical
-Felzenszwalb (0.395) and the annotators (0.683): this config shows the method learning on real
-data within a CPU budget, not paper-level numbers (docs/results_real_data.md).
+Hardware and runtime (measured 2026-12-03): 0.49-0.52 steps/s pinned to one core of a 2-core
+CPU, so the 2,000 steps take 66-81 minutes with the two periodic evaluations. Result, two
+seeds: BSDS500 validation ARI 0.119 / 0.141 (mean over annotators, `--eval_setup=vali8`), far
+below the classical Felzenszwalb (0.402) and the annotators (0.683): this config shows the
+method learning on real data within a CPU budget, not paper-level numbers
+(docs/results_real_data.md).
 """
 
 import os
