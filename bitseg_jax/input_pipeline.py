@@ -690,7 +690,7 @@ def preprocess_eval(
     )
     return {
         "image": _pad_image(content, image_size),
-        "label": _pad_labels(model_labels[..., :1], image_size, pad_value)[..., 0],
+        "label": _pad_labels(model_labels, image_size, pad_value)[..., 0],
         "annotations": tf.ensure_shape(annotations, [num_annotators, eval_size, eval_size]),
         "valid": valid_mask(new_h, new_w, image_size),
         "eval_valid": valid_mask(eval_h, eval_w, eval_size),
