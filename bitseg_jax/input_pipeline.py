@@ -1,10 +1,10 @@
 """tf.data input pipeline: raw segmentation examples -> host-local NumPy batches (SPEC 2.3-2.5).
 
 This file owns everything between a data set's records and the batches `train.py` and
-`evaluation.py` consume: per-host splitting, decoding, the SPEC 2.3 augmentations, the SAM-style
-resize + ImageNet normalisation + bottom/right padding, excess merging + palette on the host
-(`palette.assign` through `tf.numpy_function`), weighted mixing of several data sets, batching,
-and padded evaluation batches. Batch keys and shapes are those of docs/architecture.md.
+`evaluation.py` consume: per-host splitting, decoding, the SPEC 2.3 augmentations (their
+functions live in `augment.py`), the SAM-style resize + ImageNet normalisation + bottom/right
+padding, excess merging + palette on the host (`palette.assign` through `tf.numpy_function`),
+weighted mixing of several data sets, batching, and padded evaluation batches. Batch keys and shapes are those of docs/architecture.md.
 
 Structure. The core works on `RawSource`s: a split of records that can be read by index range
 and decoded into raw examples `{"image": uint8 [H, W, 3], "segmentations": uint16 [A, H, W],
@@ -53,7 +53,6 @@ Choices (and where they deviate from the reference):
 import collections.abc
 import dataclasses
 import functools
-import math
 from typing import Any
 
 import jax
@@ -63,20 +62,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from bitseg_jax import palette
+from bitseg_jax import augment, palette
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# SPEC 2.3 step 1: augmentation name -> probability (before `config.data.aug_prob_multiplier`).
-AUG_PROBS = {
-    "hflip": 0.5,
-    "gamma": 0.3,
-    "brightness_contrast": 0.3,
-    "hsv": 0.3,
-    "rgb_shift": 0.1,
-    "rotate": 0.3,
-}
 
 # SPEC 2.4 step 2 / 3.4: number of classes K of an encoding, given num_bits and whether a LAP
 # palette is used (the RGB encoding has a 11 x 11 palette grid, 125 classes without one).
@@ -91,7 +80,6 @@ MAX_SEGMENT_ID = 65_535  # ids must fit the uint16 maps of the TFDS builders.
 # Stream tags folded into the run key, so that each kind of randomness has its own stream.
 _TAG_EXAMPLE, _TAG_SELECTOR, _TAG_SHUFFLE = 0, 1, 2
 _SELECTOR_BLOCK = 4096  # selector draws per stateless call (restarts count whole blocks).
-_HSV_SHIFT = (20.0, 30.0, 20.0)  # SPEC 2.3: hue (OpenCV units), saturation, value.
 
 
 # --------------------------------------------------------------------------- sources
@@ -382,7 +370,7 @@ def _resize_content(image: tf.Tensor, labels: tf.Tensor | None, image_size: int)
     unchanged = tf.reduce_all(tf.equal(size, shape[:2]))
     # Area interpolation = OpenCV INTER_AREA's box average; round as the uint8 resize would.
     # Skipped when the size does not change (the average is then the identity).
-    image = _to_uint8(
+    image = augment.to_uint8(
         tf.cond(
             unchanged,
             lambda: tf.cast(image, tf.float32),
@@ -458,142 +446,6 @@ def prepare_image(image, image_size: int) -> tuple[tf.Tensor, tf.Tensor]:
     return normalize(_pad_image(content, image_size), valid), valid
 
 
-# --------------------------------------------------------------------------- augmentation
-
-
-# The augmentations work on uint8 images and return uint8 images, rounding like the
-# reference's uint8 albumentations chain; per-value colour maps are 256-entry lookup tables.
-
-
-def _to_uint8(x: tf.Tensor) -> tf.Tensor:
-    return tf.saturate_cast(tf.round(x), tf.uint8)
-
-
-def _lookup(image: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
-    """uint8 [h, w, 3] through float tables [256] (all channels) or [3, 256] (per channel)."""
-    index = tf.cast(image, tf.int32)
-    if table.shape.rank == 2:
-        index += tf.constant([0, 256, 512])
-    return tf.gather(tf.reshape(_to_uint8(tf.clip_by_value(table, 0.0, 255.0)), [-1]), index)
-
-
-_LEVELS = np.arange(256, dtype=np.float32)  # the 256 uint8 values, for the lookup tables.
-
-
-def hflip(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Mirror image [h, w, 3] and label [h, w] left-right."""
-    return tf.reverse(image, [1]), tf.reverse(label, [1])
-
-
-def adjust_gamma(image: tf.Tensor, gamma) -> tf.Tensor:
-    """out = 255 (in / 255) ** gamma on uint8 [h, w, 3]."""
-    return _lookup(image, 255.0 * tf.pow(_LEVELS / 255.0, gamma))
-
-
-def adjust_brightness_contrast(image: tf.Tensor, alpha, beta) -> tf.Tensor:
-    """out = clip(alpha in + beta, 0, 255) on uint8 [h, w, 3]."""
-    return _lookup(image, alpha * _LEVELS + beta)
-
-
-def shift_hsv(image: tf.Tensor, hue, saturation, value) -> tf.Tensor:
-    """Shifts hue (OpenCV units: 180 = full circle), saturation and value (0-255 units) of
-    uint8 [h, w, 3]; saturation and value are clipped."""
-    hsv = tf.image.rgb_to_hsv(tf.cast(image, tf.float32) / 255.0)
-    h = tf.math.floormod(hsv[..., 0] + hue / 180.0, 1.0)
-    s = tf.clip_by_value(hsv[..., 1] + saturation / 255.0, 0.0, 1.0)
-    v = tf.clip_by_value(hsv[..., 2] + value / 255.0, 0.0, 1.0)
-    return _to_uint8(255.0 * tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)))
-
-
-def shift_rgb(image: tf.Tensor, shift) -> tf.Tensor:
-    """Adds a per-channel shift [3] to uint8 [h, w, 3], clipped to [0, 255]."""
-    return _lookup(image, _LEVELS[None, :] + tf.reshape(shift, [3, 1]))
-
-
-def rotate(image: tf.Tensor, label: tf.Tensor, degrees) -> tuple[tf.Tensor, tf.Tensor]:
-    """Rotates uint8 image [h, w, 3] (bilinear) and label [h, w] (nearest) about the centre.
-
-    Same size output, corners cut; what rotates in is 0 in both (black / segment 0), SPEC 2.3.
-    """
-    shape = tf.shape(image)
-    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
-    theta = tf.cast(degrees, tf.float32) * (math.pi / 180.0)
-    c, s = tf.cos(theta), tf.sin(theta)
-    cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-    # Output pixel (x, y) samples input (c (x-cx) - s (y-cy) + cx, s (x-cx) + c (y-cy) + cy).
-    transform = tf.stack([c, -s, cx - c * cx + s * cy, s, c, cy - s * cx - c * cy, 0.0, 0.0])
-
-    def warp(x, interpolation):
-        return tf.raw_ops.ImageProjectiveTransformV3(
-            images=x[None],
-            transforms=transform[None],
-            output_shape=shape[:2],
-            fill_value=0.0,
-            interpolation=interpolation,
-            fill_mode="CONSTANT",
-        )[0]
-
-    image = _to_uint8(warp(tf.cast(image, tf.float32), "BILINEAR"))
-    # Ids <= 65535 are exact in float32; the nearest warp only copies them.
-    label = tf.cast(warp(tf.cast(label, tf.float32)[..., None], "NEAREST")[..., 0], tf.int32)
-    return image, label
-
-
-def augment_probs(config: ml_collections.ConfigDict) -> dict[str, float]:
-    """SPEC 2.3 probabilities times `config.data.aug_prob_multiplier` (capped at 1)."""
-    m = float(config.data.aug_prob_multiplier)
-    if m < 0:
-        raise ValueError(f"config.data.aug_prob_multiplier must be >= 0; got {m}.")
-    return {name: min(1.0, p * m) for name, p in AUG_PROBS.items()}
-
-
-def augment(
-    image: tf.Tensor, label: tf.Tensor, seed: tf.Tensor, probs: collections.abc.Mapping[str, float]
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """SPEC 2.3 step 1: the train augmentations, each with its probability, in SPEC order.
-
-    Args:
-        image: uint8 [h, w, 3] (the resized content).
-        label: int32 [h, w].
-        seed: int64 [2] stateless seed.
-        probs: augmentation name (the keys of `AUG_PROBS`) -> probability.
-
-    Returns:
-        (image uint8 [h, w, 3], label int32 [h, w]).
-    """
-    unknown = set(probs) - set(AUG_PROBS)
-    if unknown:
-        raise KeyError(f"Unknown augmentations {sorted(unknown)}; expected {sorted(AUG_PROBS)}.")
-    # name -> (image, label, u) -> (image, label), u: uniform [3] parameter draws in [0, 1).
-    steps = {
-        "hflip": lambda x, y, u: hflip(x, y),
-        "gamma": lambda x, y, u: (adjust_gamma(x, 0.8 + 0.4 * u[0]), y),
-        "brightness_contrast": lambda x, y, u: (
-            adjust_brightness_contrast(x, 0.8 + 0.4 * u[0], 255.0 * (0.4 * u[1] - 0.2)),
-            y,
-        ),
-        "hsv": lambda x, y, u: (shift_hsv(x, *tf.unstack((2.0 * u - 1.0) * _HSV_SHIFT)), y),
-        "rgb_shift": lambda x, y, u: (shift_rgb(x, 40.0 * u - 20.0), y),
-        "rotate": lambda x, y, u: rotate(x, y, 40.0 * u[0] - 20.0),
-    }
-    seeds = tf.random.experimental.stateless_split(seed, 2 * len(steps))
-    for i, (name, fn) in enumerate(steps.items()):
-        p = probs.get(name, 0.0)
-        if p <= 0.0:  # statically off: not even in the graph.
-            continue
-        u = tf.random.stateless_uniform([3], seeds[2 * i + 1])
-
-        def apply(fn=fn, u=u, x=image, y=label):
-            return fn(x, y, u)
-
-        if p >= 1.0:
-            image, label = apply()
-        else:
-            gate = tf.random.stateless_uniform([], seeds[2 * i]) < p
-            image, label = tf.cond(gate, apply, lambda x=image, y=label: (x, y))
-    return image, label
-
-
 # --------------------------------------------------------------------------- per example
 
 
@@ -614,7 +466,7 @@ def preprocess_train(
         example: raw example (see `RawSource.decode`).
         seed: int64 [2] stateless seed of this example (and epoch).
         image_size: S.
-        probs: augmentation probabilities (`augment_probs`); empty = no augmentation.
+        probs: augmentation probabilities (`augment.probabilities`); empty = no augmentation.
         mask_padding: pad labels with -1 instead of segment 0 (SPEC B1).
 
     Returns:
@@ -630,7 +482,7 @@ def preprocess_train(
     )
     label = tf.gather(segs, annotator)[..., None]  # [H, W, 1]
     image, label, new_h, new_w = _resize_content(image, label, image_size)
-    image, label = augment(image, label[..., 0], seeds[1], probs)
+    image, label = augment.apply(image, label[..., 0], seeds[1], probs)
     return {
         "image": _pad_image(image, image_size),
         "label": _pad_labels(label[..., None], image_size, -1 if mask_padding else 0)[..., 0],
@@ -948,7 +800,7 @@ def train_dataset(
     local_batch = _local_batch_size(config.batch_size, process_count, "config.batch_size")
     weights = _mixing_weights(config, len(sources))
     options = _PaletteOptions.from_config(config)
-    probs = augment_probs(config) if config.data.augment else {}
+    probs = augment.probabilities(config) if config.data.augment else {}
     image_size = int(config.model.image_size)
     if config.data.shuffle_buffer < 0:
         raise ValueError(

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
-from bitseg_jax import input_pipeline, palette
+from bitseg_jax import augment, input_pipeline, palette
 from configs import base
 
 MEAN = np.array(input_pipeline.IMAGENET_MEAN, np.float32)
@@ -187,7 +187,7 @@ def interior(label, valid, width=5):
     return (lo == hi) & inside
 
 
-@pytest.mark.parametrize("name", sorted(input_pipeline.AUG_PROBS))
+@pytest.mark.parametrize("name", sorted(augment.AUG_PROBS))
 def test_augmentation_keeps_image_and_label_aligned(name):
     example = coded_example()
     seed = tf.constant([0, 1], tf.int64)
@@ -224,7 +224,7 @@ def test_augment_probability_is_respected():
     image = tf.constant(CODE[label.numpy()])
     flips = 0
     for i in range(200):
-        _, out = input_pipeline.augment(image, label, tf.constant([i, 7], tf.int64), {"hflip": 0.5})
+        _, out = augment.apply(image, label, tf.constant([i, 7], tf.int64), {"hflip": 0.5})
         flips += int(not np.array_equal(out, label))
     assert 70 <= flips <= 130
 
