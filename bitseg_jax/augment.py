@@ -35,6 +35,7 @@ def to_uint8(x: tf.Tensor) -> tf.Tensor:
 
 def _lookup(image: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
     """uint8 [h, w, 3] through float tables [256] (all channels) or [3, 256] (per channel)."""
+    table = tf.convert_to_tensor(table, tf.float32)  # NumPy too (Python-float parameters).
     index = tf.cast(image, tf.int32)
     if table.shape.rank == 2:
         index += tf.constant([0, 256, 512])
