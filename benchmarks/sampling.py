@@ -7,17 +7,22 @@ on one device. Compilation (AOT `lower().compile()`) is timed separately; the re
 the median over repeats of whole-batch wall time, as images per second. Random weights: the
 time does not depend on their values. FLOPs are XLA's count of one U-Net forward pass (67.9
 GFLOP per 128 px image for the default model, SPEC 6.6 says 69.2): one default batch is
-8 steps x 16 images x 67.9 = 8.7 TFLOP.
+8 steps x 16 images x 67.9 = 8.7 TFLOP. On GPU/TPU the MFU and the device's peak memory are
+reported too (benchmarks/flops.py).
 
-Command (from the repo root; the glibc settings keep malloc from returning memory between calls):
+Commands (from the repo root; the glibc settings keep malloc from returning memory between
+calls):
 
   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184 \
     python benchmarks/sampling.py --configs=small --repeats=3
   (same prefix) python benchmarks/sampling.py --configs=default --repeats=2 --warmup=0
+  # GPU or TPU:
+  python benchmarks/sampling.py --configs=default --dtype=bfloat16 --repeats=10
 """
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,42 +30,34 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, ".")  # configs/ lives at the repo root
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks import flops as flops_lib
 from bitseg_jax import evaluation, models
 from configs import base
 
 
-def _config(name: str):
+def _config(name: str, dtype: str):
     config = base.get_config(None if name == "default" else name)
     with config.unlocked():
-        config.model.dtype = "float32"
+        config.model.dtype = dtype
     return config
 
 
-def _forward_gflop(config, params, batch: int) -> float:
-    """XLA's FLOP count of one U-Net forward pass at `batch` (the sampler's loop body).
-
-    Counted on a separate jit because XLA counts a while-loop body once, not per iteration.
-    """
-    size, channels = config.model.image_size, config.model.num_bits
-    forward = jax.jit(lambda p, x, t, i: models.apply_unet(config.model, p, x, t, i))
-    args = (
-        params,
-        jax.ShapeDtypeStruct((batch, size, size, channels), np.float32),
-        jax.ShapeDtypeStruct((batch,), np.float32),
-        jax.ShapeDtypeStruct((batch, size, size, 3), np.float32),
-    )
-    cost = forward.lower(*args).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) / 1e9
-
-
 def bench(
-    name: str, *, batch: int, steps: int, guidance: float, sampler: str, repeats: int, warmup: int
+    name: str,
+    *,
+    batch: int,
+    steps: int,
+    guidance: float,
+    sampler: str,
+    repeats: int,
+    warmup: int,
+    dtype: str = "float32",
+    peak: float | None = None,
 ):
     """Compiles once, runs `warmup` untimed batches, then times `repeats` sampling runs."""
-    config = _config(name)
+    config = _config(name, dtype)
     size = config.model.image_size
     rng = np.random.default_rng(0)
     params = jax.tree.map(
@@ -77,7 +74,7 @@ def bench(
     compiled = fn.lower(params, jax.random.key(0), image, valid).compile()
     compile_s = time.perf_counter() - start
     passes = batch * (2 if guidance != 0 else 1)  # U-Net batch per step (guidance doubles it)
-    step_gflop = _forward_gflop(config, params, passes)
+    step_gflop = flops_lib.forward_gflop(config.model, passes)
     for _ in range(warmup):
         compiled(params, jax.random.key(0), image, valid).block_until_ready()
     times, cpu_times = [], []
@@ -89,8 +86,11 @@ def bench(
     median = statistics.median(times)
     cpu_median = statistics.median(cpu_times)
     gflop = steps * step_gflop
+    peak = flops_lib.peak_tflops(jax.devices()[0], dtype, peak)
     return {
         "config": name,
+        "dtype": dtype,
+        "device": jax.devices()[0].device_kind,
         "image_size": size,
         "params": num_params,
         "batch": batch,
@@ -108,6 +108,8 @@ def bench(
         "gflop_per_forward_image": round(step_gflop / passes, 2),
         "gflop_per_batch": round(gflop, 1),
         "gflop_per_s": round(gflop / median, 1),
+        "mfu": round(gflop / 1e3 / median / peak, 4) if peak else None,
+        "peak_device_mib": flops_lib.peak_device_memory_mib(jax.devices()[0]),
     }
 
 
@@ -120,6 +122,10 @@ def main() -> None:
     parser.add_argument("--sampler", default="ddpm")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs after compiling")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None, help="dense peak of the device, for the MFU"
+    )
     args = parser.parse_args()
     print(f"jax {jax.__version__}, devices: {jax.devices()}")
     for name in args.configs.split(","):
@@ -131,6 +137,8 @@ def main() -> None:
             sampler=args.sampler,
             repeats=args.repeats,
             warmup=args.warmup,
+            dtype=args.dtype,
+            peak=args.peak_tflops,
         )
         print(json.dumps(result), flush=True)
 

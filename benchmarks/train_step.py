@@ -1,19 +1,26 @@
-r"""Benchmark: one jitted train step (SPEC 9.1) at batch 8, fp32, for the small and default models.
+r"""Benchmark: one jitted train step (SPEC 9.1) at batch 8 for the small and default models.
 
 Measures the median wall time of `train.train_step` (jitted exactly as in training: donated
 state, replicated out_shardings, on a 1-D mesh over all local devices) on a synthetic batch,
-the peak host memory growth (RSS high-water mark, which on CPU is where the arrays live) and,
-where the device reports a peak FLOP rate, the model FLOP utilisation. SPEC 6.6: 69.2 GFLOP
-per 128 px forward pass; a train step is ~3x a forward pass (forward + backward).
+peak memory (the device allocator's high-water mark on GPU/TPU; on CPU, where the arrays live in
+host memory, the growth of the process's RSS high-water mark) and the model FLOP utilisation
+where the device's peak is known (benchmarks/flops.py: 3x XLA's count of one forward pass, about
+SPEC 6.6's 69.2 GFLOP per 128 px image; bf16 peaks of common GPUs and TPUs, else
+`--peak_tflops`).
 
-Command (from the repo root; the glibc settings keep malloc from returning memory between steps,
-which otherwise dominates the CPU timings):
+Commands (from the repo root). CPU, fp32 (the glibc settings keep malloc from returning memory
+between steps, which otherwise dominates the CPU timings):
 
   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184 \
     python benchmarks/train_step.py --configs=small,default --repeats=5
+
+GPU or TPU, the paper's default model in bfloat16 (issue 3's accelerator measurement):
+
+  python benchmarks/train_step.py --configs=default --dtype=bfloat16 --repeats=20 --warmup=3
 """
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -22,23 +29,22 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, ".")  # configs/ lives at the repo root
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from benchmarks import flops as flops_lib
 from bitseg_jax import sharding, train, train_state
 from configs import base
-
-FORWARD_GFLOP_128 = 69.2  # SPEC 6.6, default model, one 128 px image.
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _config(name: str):
+def _config(name: str, dtype: str):
     config = base.get_config(None if name == "default" else name)
     with config.unlocked():
         config.batch_size = 8
-        config.model.dtype = "float32"
+        config.model.dtype = dtype
     return config
 
 
@@ -53,9 +59,11 @@ def _batch(config, mesh) -> dict:
     return sharding.to_global(batch, mesh)
 
 
-def bench(name: str, repeats: int, warmup: int) -> dict:
+def bench(
+    name: str, repeats: int, warmup: int, dtype: str = "float32", peak: float | None = None
+) -> dict:
     """Times `repeats` train steps after `warmup` (compile included in the first) steps."""
-    config = _config(name)
+    config = _config(name, dtype)
     mesh = sharding.create_mesh()
     rss0 = _peak_rss_mib()
     # Exactly the functions training uses: donated state, replicated out_shardings.
@@ -69,8 +77,8 @@ def bench(name: str, repeats: int, warmup: int) -> dict:
     cost = compiled.cost_analysis()
     flops = float(cost.get("flops", 0.0)) if isinstance(cost, dict) else 0.0
     for _ in range(warmup):
-        state, metrics = fns.train(state, batch, rng)
-    jax.block_until_ready(metrics)
+        state, _ = fns.train(state, batch, rng)
+    jax.block_until_ready(state)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -78,24 +86,25 @@ def bench(name: str, repeats: int, warmup: int) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    s = config.model.image_size
-    # SPEC's FLOP count scales with pixels for this all-convolutional model (attention is small).
-    spec_gflop = (
-        3 * FORWARD_GFLOP_128 * (s / 128) ** 2 * config.batch_size if name == "default" else None
-    )
-    peak = getattr(jax.devices()[0], "peak_flops", None)  # not reported by CPU devices
+    model_gflop = 3 * flops_lib.forward_gflop(config.model, config.batch_size)
+    devices = mesh.devices.size
+    peak = flops_lib.peak_tflops(jax.devices()[0], dtype, peak)
     return {
         "config": name,
+        "dtype": dtype,
+        "device": jax.devices()[0].device_kind,
+        "devices": devices,
         "params": train_state.num_params(state.params),
         "batch": config.batch_size,
         "median_s": median,
         "min_s": min(times),
         "max_s": max(times),
         "compile_s": compile_s,
-        "xla_gflop_per_step": flops / 1e9,
-        "spec_gflop_per_step": spec_gflop,
-        "achieved_gflops": flops / 1e9 / median,
-        "mfu": (flops / median / peak) if peak else None,
+        "xla_gflop_per_step": flops / 1e9,  # the compiled step's own count (per device)
+        "model_gflop_per_step": model_gflop,
+        "achieved_gflops": model_gflop / median,
+        "mfu": model_gflop / 1e3 / median / (devices * peak) if peak else None,
+        "peak_device_mib": flops_lib.peak_device_memory_mib(jax.devices()[0]),
         "peak_rss_delta_mib": _peak_rss_mib() - rss0,
         "loss": float(metrics["train/loss"]),
     }
@@ -106,10 +115,14 @@ def main() -> None:
     parser.add_argument("--configs", default="small,default")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument(
+        "--peak_tflops", type=float, default=None, help="dense peak per device, for the MFU"
+    )
     args = parser.parse_args()
     print(f"jax {jax.__version__}, devices: {jax.devices()}")
     for name in args.configs.split(","):
-        result = bench(name, args.repeats, args.warmup)
+        result = bench(name, args.repeats, args.warmup, args.dtype, args.peak_tflops)
         print(
             ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
