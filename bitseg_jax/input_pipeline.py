@@ -4,7 +4,8 @@ This file owns everything between a data set's records and the batches `train.py
 `evaluation.py` consume: per-host splitting, decoding, the SPEC 2.3 augmentations (their
 functions live in `augment.py`), the SAM-style resize + ImageNet normalisation + bottom/right
 padding, excess merging + palette on the host (`palette.assign` through `tf.numpy_function`),
-weighted mixing of several data sets, batching, and padded evaluation batches. Batch keys and shapes are those of docs/architecture.md.
+weighted mixing of several data sets, batching, and padded evaluation batches. Batch keys and
+shapes are those of docs/architecture.md.
 
 Structure. The core works on `RawSource`s: a split of records that can be read by index range
 and decoded into raw examples `{"image": uint8 [H, W, 3], "segmentations": uint16 [A, H, W],
