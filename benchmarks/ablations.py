@@ -8,8 +8,8 @@ per row the mean over seeds and, with two seeds, the spread (half the difference
 as failed with its log's last line, not dropped. Several drivers may share a workdir (say,
 one per core started at different times): each run is locked by the driver that runs it.
 
-Command (from the repo root; about 17.5 minutes per run and core on a 2-core CPU, two runs at
-a time, one per core, so about 2 h 20 min for the 15 runs):
+Command (from the repo root; about 16 minutes per run and core on a 2-core CPU, two runs at
+a time, one per core, so about 2 h 10 min for the 16 runs):
 
   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184 \
     python benchmarks/ablations.py --workdir=workdirs/ablations --cpus=0,1

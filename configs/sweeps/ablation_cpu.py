@@ -2,7 +2,8 @@
 
 Each entry changes one thing of the paper's recipe (x-prediction + tanh, sigmoid(-4) decoupled
 weighting, input scale 0.1, LAP `similar`, analog bits). Seeds 0 and 1 for the input-scale and
-palette comparisons, seed 0 elsewhere. benchmarks/ablations.py runs them and tabulates the
+palette comparisons and for uniform weighting (the one row that disagreed with the paper at the
+first budget), seed 0 elsewhere. benchmarks/ablations.py runs them and tabulates the
 results; `name` there is the workdir and the table's row.
 """
 
@@ -25,7 +26,7 @@ ABLATIONS: tuple[tuple[str, dict], ...] = (
     ("pred_eps", {"diffusion.predict": "eps", "model.final_activation": "none"}),
     ("act_none", {"model.final_activation": "none"}),  # tanh vs none
 )
-TWO_SEEDS = ("paper", "scale_b1.0", "lap_none", "lap_random", "lap_different")
+TWO_SEEDS = ("paper", "scale_b1.0", "lap_none", "lap_random", "lap_different", "weight_uniform")
 
 
 def named_runs() -> list[tuple[str, dict]]:
