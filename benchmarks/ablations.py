@@ -78,23 +78,41 @@ def run_one(name: str, overrides: dict, root: pathlib.Path, cpu: int | None) -> 
     return {**json.loads(result.read_text()), **entry}  # the run's seed, not the eval's
 
 
-def table(entries: list[dict]) -> str:
-    """Markdown: one row per ablation, mean (+- half the seed difference) of each column."""
-    header = "| run | seeds | " + " | ".join(h for _, h in COLUMNS) + " |"
-    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+def _cell(values: list[float]) -> str:
+    """Mean +- half the spread of a row's seeds; n/a when none finished."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {(max(values) - min(values)) / 2:.3f}"
+
+
+def finished(root: pathlib.Path) -> tuple[list[dict], int | None]:
+    """The finished runs under `root` (entries as `run_one` returns them) and their budget
+    (`total_steps` of their config.json), without running anything."""
+    entries, steps = [], None
+    for name, overrides in ablation_cpu.named_runs():
+        workdir = root / f"{name}_s{overrides['seed']}"
+        result = workdir / "eval" / f"{SETUP}.json"
+        if result.exists():
+            entries.append({**json.loads(result.read_text()), "name": name, **overrides})
+            steps = json.loads((workdir / "config.json").read_text())["total_steps"]
+    return entries, steps
+
+
+def table(entries: list[dict], compare: list[dict] | None = None, compare_steps=None) -> str:
+    """Markdown: one row per ablation, mean (+- half the seed difference) of each column; with
+    `compare` (the finished runs of another budget) a last column of their ARI."""
+    headers = [h for _, h in COLUMNS]
+    if compare is not None:
+        headers.append(f"ARI at {compare_steps:,} steps")
+    lines = ["| run | seeds | " + " | ".join(headers) + " |", "|" + "---|" * (len(headers) + 2)]
     for name, _ in ablation_cpu.ABLATIONS:
         rows = [e for e in entries if e["name"] == name]
         done = [e for e in rows if "failed" not in e and "skipped" not in e]
-        cells = []
-        for key, _ in COLUMNS:
-            values = [e[key] for e in done if key in e]
-            if not values:
-                cells.append("n/a")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.3f}")
-            else:
-                spread = (max(values) - min(values)) / 2
-                cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}")
+        cells = [_cell([e[key] for e in done if key in e]) for key, _ in COLUMNS]
+        if compare is not None:
+            cells.append(_cell([e["ari_vs_all"] for e in compare if e["name"] == name]))
         failed = [f"seed {e['seed']} failed ({e['failed']})" for e in rows if "failed" in e]
         seeds = ",".join(str(e["seed"]) for e in done) + (" " + "; ".join(failed) if failed else "")
         lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
@@ -110,6 +128,11 @@ def main() -> None:
         default="",
         help="Comma-separated CPU cores: one run at a time on each, pinned (default: one run "
         "at a time, unpinned).",
+    )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="Root folder of the same runs at another budget: adds a column of their ARI.",
     )
     args = parser.parse_args()
     root = pathlib.Path(args.workdir)
@@ -137,7 +160,10 @@ def main() -> None:
             print(f"started {name} seed {overrides['seed']} (cpu {cpu})", flush=True)
         entries += [f.result() for f in futures]
     (root / "ablations.json").write_text(json.dumps(entries, indent=2))
-    print(table(entries))
+    if args.compare:
+        print(table(entries, *finished(pathlib.Path(args.compare))))
+    else:
+        print(table(entries))
 
 
 if __name__ == "__main__":

@@ -70,3 +70,21 @@ def test_run_one_skips_a_run_locked_by_another_driver_and_reads_finished_ones(tm
     entry = ablations.run_one("paper", overrides, tmp_path, cpu=None)
     assert entry["ari_vs_all"] == 0.25 and "skipped" not in entry
     assert entry["seed"] == 0  # the run's seed wins
+
+
+def test_compare_column_reads_finished_runs_of_another_budget(tmp_path):
+    import json
+
+    for seed, ari in ((0, 0.1), (1, 0.2)):
+        workdir = tmp_path / f"paper_s{seed}"
+        (workdir / "eval").mkdir(parents=True)
+        (workdir / "eval" / f"{ablations.SETUP}.json").write_text(json.dumps({"ari_vs_all": ari}))
+        (workdir / "config.json").write_text(json.dumps({"total_steps": 1000}))
+    (tmp_path / "lap_none_s0").mkdir()  # started, not finished: not read
+    compare, steps = ablations.finished(tmp_path)
+    assert steps == 1000 and [e["name"] for e in compare] == ["paper", "paper"]
+    lines = ablations.table([_entry("paper", 0, 0.3)], compare, steps).splitlines()
+    assert lines[0].endswith("| ARI at 1,000 steps |")
+    rows = {line.split("|")[1].strip(): line for line in lines}
+    assert rows["paper"].endswith("| 0.150 +- 0.050 |")
+    assert rows["lap_none"].endswith("| n/a |")
