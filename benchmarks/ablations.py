@@ -149,10 +149,10 @@ def main() -> None:
         entries = []
         for name, overrides in runs:
             if len(futures) == len(cpus):
-                finished, _ = concurrent.futures.wait(
+                ready, _ = concurrent.futures.wait(
                     futures, return_when=concurrent.futures.FIRST_COMPLETED
                 )
-                for f in finished:
+                for f in ready:
                     entries.append(f.result())
                     free.append(futures.pop(f))
             cpu = free.pop(0)
