@@ -88,3 +88,24 @@ def test_compare_column_reads_finished_runs_of_another_budget(tmp_path):
     rows = {line.split("|")[1].strip(): line for line in lines}
     assert rows["paper"].endswith("| 0.150 +- 0.050 |")
     assert rows["lap_none"].endswith("| n/a |")
+
+
+def test_main_tabulates_finished_runs_with_compare(monkeypatch, tmp_path, capsys):
+    import json
+
+    # Every run already finished (nothing is trained): main only collects and prints.
+    for root, steps in ((tmp_path / "now", 2500), (tmp_path / "before", 1000)):
+        for name, overrides in ablation_cpu.named_runs():
+            workdir = root / f"{name}_s{overrides['seed']}"
+            (workdir / "eval").mkdir(parents=True)
+            result = {"ari_vs_all": steps / 10000, "hiou_e_vs_all": 0.1, "max_ari": 0.2}
+            (workdir / "eval" / f"{ablations.SETUP}.json").write_text(json.dumps(result))
+            (workdir / "config.json").write_text(json.dumps({"total_steps": steps}))
+    argv = ["ablations.py", f"--workdir={tmp_path / 'now'}", f"--compare={tmp_path / 'before'}"]
+    monkeypatch.setattr("sys.argv", argv)
+    ablations.main()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    rows = {line.split("|")[1].strip(): line for line in lines}
+    assert rows["paper"].startswith("| paper | 0,1 | 0.250 +- 0.000 |")
+    assert rows["paper"].endswith("| 0.100 +- 0.000 |")  # ARI at 1,000 steps
+    assert json.loads((tmp_path / "now" / "ablations.json").read_text())[0]["name"] == "paper"
